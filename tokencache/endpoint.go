@@ -113,6 +113,7 @@ type Endpoint struct {
 const (
 	DefaultTimeout    = 10 * time.Second
 	DefaultTokenTTL   = 5 * time.Minute
+	MinDefaultTTL     = time.Second
 	MaxTokenLifetime  = 24 * time.Hour // longer lifetimes are capped: refresh at least daily
 	maxResponseBytes  = 1 << 20
 	maxDescriptionLen = 200

@@ -1,0 +1,88 @@
+package proxy
+
+import (
+	"context"
+	"sync/atomic"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/metric/noop"
+)
+
+// metrics are the request-path instruments:
+// oauthproxy_requests_total{route,code},
+// oauthproxy_request_duration_seconds{route} and
+// oauthproxy_upstream_retries_total{route}.
+type metrics struct {
+	requests metric.Int64Counter
+	duration metric.Float64Histogram
+	retries  metric.Int64Counter
+}
+
+func newMetrics(m metric.Meter) (*metrics, error) {
+	if m == nil {
+		m = noop.NewMeterProvider().Meter("")
+	}
+	reqs, err := m.Int64Counter("oauthproxy.requests",
+		metric.WithDescription("Requests by route and the status code the client got."),
+		metric.WithUnit("{request}"))
+	if err != nil {
+		return nil, err
+	}
+	dur, err := m.Float64Histogram("oauthproxy.request.duration",
+		metric.WithDescription("Time from a request's arrival until its response was handed back (streamed bodies excluded)."),
+		metric.WithUnit("s"),
+		metric.WithExplicitBucketBoundaries(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+	if err != nil {
+		return nil, err
+	}
+	retries, err := m.Int64Counter("oauthproxy.upstream.retries",
+		metric.WithDescription("Requests sent a second time after the upstream rejected the token."),
+		metric.WithUnit("{retry}"))
+	if err != nil {
+		return nil, err
+	}
+	return &metrics{requests: reqs, duration: dur, retries: retries}, nil
+}
+
+// routeMetrics holds one route's precomputed attribute sets, so that
+// recording allocates nothing.
+type routeMetrics struct {
+	m        *metrics
+	route    attribute.KeyValue
+	codes    [600]atomic.Pointer[[]metric.AddOption]
+	duration []metric.RecordOption
+	retries  []metric.AddOption
+}
+
+func (m *metrics) forRoute(label string) *routeMetrics {
+	kv := attribute.String("route", label)
+	set := metric.WithAttributeSet(attribute.NewSet(kv))
+	return &routeMetrics{
+		m:        m,
+		route:    kv,
+		duration: []metric.RecordOption{set},
+		retries:  []metric.AddOption{set},
+	}
+}
+
+func (rm *routeMetrics) count(code int) {
+	if code < 0 || code >= len(rm.codes) {
+		code = 0
+	}
+	opts := rm.codes[code].Load()
+	if opts == nil {
+		o := []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(rm.route, attribute.Int("code", code)))}
+		rm.codes[code].Store(&o)
+		opts = &o
+	}
+	rm.m.requests.Add(context.Background(), 1, *opts...)
+}
+
+func (rm *routeMetrics) observe(seconds float64) {
+	rm.m.duration.Record(context.Background(), seconds, rm.duration...)
+}
+
+func (rm *routeMetrics) retried() {
+	rm.m.retries.Add(context.Background(), 1, rm.retries...)
+}

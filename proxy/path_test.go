@@ -1,0 +1,164 @@
+package proxy
+
+import (
+	"net/http"
+	"strings"
+	"testing"
+)
+
+func TestCleanPath(t *testing.T) {
+	tests := []struct {
+		in   string
+		want string // "!" means refused
+	}{
+		{"", ""},
+		{"/", "/"},
+		{"/a/b", "/a/b"},
+		{"/a/b/", "/a/b/"},
+		{"/a%20b/c", "/a%20b/c"},
+		{"/file;v=1", "/file;v=1"},
+		{"/a/./b", "/a/b"},
+		{"/a/../b", "/b"},
+		{"/a/b/..", "/a/"},
+		{"/a/b/../", "/a/"},
+		{"/a//b", "/a/b"},
+		{"/...", "/..."},
+		{"/a/.../b", "/a/.../b"},
+		{"/.well-known/x", "/.well-known/x"},
+		{"/..", "!"},
+		{"/../admin", "!"},
+		{"/a/../../admin", "!"},
+		{"/%2e%2e/admin", "!"},
+		{"/%2E%2E/admin", "!"},
+		{"/.%2e/admin", "!"},
+		{"/%2e/admin", "!"},
+		{"/a%2fb", "!"},
+		{"/a%2Fb", "!"},
+		{"/a%5cb", "!"},
+		{"/a\\b", "!"},
+		{"/..\\admin", "!"},
+		{"/a%00b", "!"},
+		{"/a%0ab", "!"},
+		{"/a%7fb", "!"},
+		{"/a\x01b", "!"},
+		{"/a%zzb", "!"},
+		{"/a%2", "!"},
+		{"/a%", "!"},
+		{"/..;/admin", "!"},
+		{"/.;/admin", "!"},
+		{"/;x/admin", "!"},
+		{"/%252e%252e/admin", "!"},
+		{"/%252f", "!"},
+		{"/%255c", "!"},
+		{"/%25/ok", "/%25/ok"},
+		{"/a#frag", "!"},
+		{"no-slash", "!"},
+	}
+	for _, tc := range tests {
+		got, ok := cleanPath(tc.in)
+		if !ok {
+			got = "!"
+		}
+		if got != tc.want {
+			t.Errorf("cleanPath(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+func TestMatch(t *testing.T) {
+	tab := &table{}
+	for _, p := range []string{"/", "/svc/", "/svc/v2", "/other"} {
+		tab.routes = append(tab.routes, &route{Route: Route{Prefix: p}, prefix: strings.TrimRight(p, "/")})
+	}
+	tab.sort()
+	tests := []struct {
+		path, prefix, rest string
+	}{
+		{"/svc", "/svc/", ""},
+		{"/svc/", "/svc/", "/"},
+		{"/svc/x", "/svc/", "/x"},
+		{"/svcx", "/", "/svcx"},
+		{"/svc/v2", "/svc/v2", ""},
+		{"/svc/v2/a", "/svc/v2", "/a"},
+		{"/svc/v20", "/svc/", "/v20"},
+		{"/SVC/x", "/", "/SVC/x"},
+		{"/other/x", "/other", "/x"},
+		{"/", "/", "/"},
+	}
+	for _, tc := range tests {
+		rt, rest := tab.match(tc.path)
+		if rt == nil || rt.Prefix != tc.prefix || rest != tc.rest {
+			var got string
+			if rt != nil {
+				got = rt.Prefix
+			}
+			t.Errorf("match(%q) = %q, %q; want %q, %q", tc.path, got, rest, tc.prefix, tc.rest)
+		}
+	}
+}
+
+func TestTargetPath(t *testing.T) {
+	tests := []struct {
+		uri  string
+		want string
+		ok   bool
+	}{
+		{"/a/b?x=1", "/a/b", true},
+		{"/a?", "/a", true},
+		{"http://evil/a", "", false},
+		{"*", "", false},
+		{"example.com:443", "", false},
+	}
+	for _, tc := range tests {
+		r := &http.Request{RequestURI: tc.uri}
+		got, ok := targetPath(r)
+		if got != tc.want || ok != tc.ok {
+			t.Errorf("targetPath(%q) = %q, %v; want %q, %v", tc.uri, got, ok, tc.want, tc.ok)
+		}
+	}
+}
+
+// FuzzRoutePath checks that whatever the path, the upstream path stays
+// under the route's base and under the matched prefix, and that nothing
+// panics.
+func FuzzRoutePath(f *testing.F) {
+	for _, s := range []string{"/api/a/b", "/api/../admin", "/api/%2e%2e/x", "/api/a%2fb", "/api/..;/x", "/api//x", "/apix", "/api", "/", "/api/./", "/api/a/../../b"} {
+		f.Add(s)
+	}
+	tab := &table{}
+	for _, p := range []string{"/api/", "/admin/"} {
+		up := "/base"
+		tab.routes = append(tab.routes, &route{Route: Route{Prefix: p, StripPrefix: true}, prefix: strings.TrimRight(p, "/"), base: up, root: up + "/"})
+	}
+	tab.sort()
+	f.Fuzz(func(t *testing.T, p string) {
+		if !strings.HasPrefix(p, "/") {
+			p = "/" + p
+		}
+		rt, rest := tab.match(p)
+		if rt == nil {
+			return
+		}
+		if !strings.HasPrefix(p, rt.prefix) {
+			t.Fatalf("match(%q) chose %q", p, rt.prefix)
+		}
+		out, ok := rt.outPath(rest)
+		if !ok {
+			return
+		}
+		if out != rt.root && !strings.HasPrefix(out, rt.base+"/") {
+			t.Fatalf("outPath(%q) = %q escapes base %q", p, out, rt.base)
+		}
+		for _, seg := range strings.Split(out, "/") {
+			if seg == ".." || seg == "." {
+				t.Fatalf("outPath(%q) = %q keeps a dot segment", p, out)
+			}
+			if lower := strings.ToLower(seg); strings.Contains(lower, "%2f") || strings.Contains(lower, "%5c") || strings.Contains(lower, "%2e") && strings.Trim(strings.ReplaceAll(lower, "%2e", "."), ".") == "" {
+				t.Fatalf("outPath(%q) = %q keeps an encoded separator or dot segment", p, out)
+			}
+		}
+		if strings.ContainsAny(out, "\\\x00\r\n#") {
+			t.Fatalf("outPath(%q) = %q holds a forbidden byte", p, out)
+		}
+	})
+}

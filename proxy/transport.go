@@ -1,0 +1,141 @@
+package proxy
+
+import (
+	"crypto/tls"
+	"io"
+	"net"
+	"net/http"
+	"slices"
+	"time"
+)
+
+// TransportOptions tune the connection pool to one upstream.
+type TransportOptions struct {
+	// ResponseHeaderTimeout is the route's timeout: how long the upstream
+	// may take to start answering once the request is sent.
+	ResponseHeaderTimeout time.Duration
+	DialTimeout           time.Duration // default 10s
+	TLSHandshakeTimeout   time.Duration // default 10s
+	MaxIdleConnsPerHost   int           // default 256
+	TLS                   *tls.Config
+}
+
+// NewTransport returns a pooled transport to an upstream. It never uses a
+// proxy from the environment, and passes Accept-Encoding and
+// Content-Encoding through untouched.
+func NewTransport(o TransportOptions) *http.Transport {
+	if o.DialTimeout <= 0 {
+		o.DialTimeout = 10 * time.Second
+	}
+	if o.TLSHandshakeTimeout <= 0 {
+		o.TLSHandshakeTimeout = 10 * time.Second
+	}
+	if o.MaxIdleConnsPerHost <= 0 {
+		o.MaxIdleConnsPerHost = 256
+	}
+	return &http.Transport{
+		Proxy:                 nil,
+		DialContext:           (&net.Dialer{Timeout: o.DialTimeout, KeepAlive: 30 * time.Second}).DialContext,
+		ForceAttemptHTTP2:     true,
+		MaxIdleConnsPerHost:   o.MaxIdleConnsPerHost,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   o.TLSHandshakeTimeout,
+		ResponseHeaderTimeout: o.ResponseHeaderTimeout,
+		ExpectContinueTimeout: time.Second,
+		DisableCompression:    true,
+		TLSClientConfig:       o.TLS,
+	}
+}
+
+// authTransport attaches the route's token to each request and, when the
+// upstream answers a retry_on status, drops that token and sends the
+// request once more with a fresh one. The request it is given is the
+// ReverseProxy's own outgoing copy, which nothing else uses, so setting
+// its header is safe.
+type authTransport struct{ rt *route }
+
+func (t authTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	rt := t.rt
+	tok, err := rt.Tokens.Token(req.Context())
+	if err != nil {
+		closeBody(req)
+		return nil, &TokenError{Err: err}
+	}
+	canRetry := len(rt.RetryOn) > 0
+	var body *replay
+	if canRetry && req.Body != nil && req.Body != http.NoBody {
+		if body, err = bufferBody(req, rt.RetryBodyLimit); err != nil {
+			return nil, &bodyError{err}
+		}
+		canRetry = body != nil
+	}
+	req.Header[rt.header] = rt.credential(tok)
+	resp, err := rt.Transport.RoundTrip(req)
+	if err != nil || !slices.Contains(rt.RetryOn, resp.StatusCode) {
+		body.done()
+		return resp, err
+	}
+
+	// The upstream rejected the token.
+	rt.Tokens.Invalidate(tok)
+	if !canRetry {
+		rt.log.Info("upstream rejected the token; not retrying: the body is larger than retry_body_limit",
+			"status", resp.StatusCode, "retry_body_limit", rt.RetryBodyLimit)
+		return resp, nil
+	}
+	fresh, err := rt.Tokens.Token(req.Context())
+	if err != nil {
+		body.done()
+		resp.Body.Close()
+		return nil, &TokenError{Err: err}
+	}
+	if fresh == tok { // renewal refused (rate limit): the same token would fail the same way
+		body.done()
+		return resp, nil
+	}
+	drain(resp.Body)
+	again := req.Clone(req.Context())
+	if body != nil {
+		again.Body, _ = again.GetBody()
+	}
+	again.Header[rt.header] = rt.credential(fresh)
+	rt.met.retried()
+	resp, err = rt.Transport.RoundTrip(again)
+	body.done()
+	return resp, err
+}
+
+// credential returns the header value carrying tok. The value of the
+// current token is cached, so that steady state allocates nothing.
+func (rt *route) credential(tok string) []string {
+	if c := rt.cred.Load(); c != nil && c.token == tok {
+		return c.value
+	}
+	c := &credential{token: tok, value: []string{rt.before + tok + rt.after}}
+	rt.cred.Store(c)
+	return c.value
+}
+
+type credential struct {
+	token string
+	value []string
+}
+
+// drain reads a little of a discarded response so that its connection can
+// be reused, then closes it.
+func drain(b io.ReadCloser) {
+	io.CopyN(io.Discard, b, 64<<10)
+	b.Close()
+}
+
+func closeBody(req *http.Request) {
+	if req.Body != nil {
+		req.Body.Close()
+	}
+}
+
+// bodyError is a failure reading the client's request body.
+type bodyError struct{ err error }
+
+func (e *bodyError) Error() string { return "reading the request body: " + e.err.Error() }
+func (e *bodyError) Unwrap() error { return e.err }

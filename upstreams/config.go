@@ -1,0 +1,233 @@
+// Package upstreams is oauthproxy's route table: the YAML config, loaded
+// strictly with file:line:col on every problem, ${...} references resolved,
+// validated in one pass that reports every problem, and built into the
+// proxy's routes and the token sources they use.
+//
+// Only this package knows YAML. What it builds (proxy.Handler,
+// tokencache.Source) never parses config on the request path.
+package upstreams
+
+import (
+	"time"
+
+	"github.com/oauthproxy/oauthproxy/tokencache"
+)
+
+// Config is a whole config file. Load fills it, applies defaults and
+// validates it; a Config that Load returned without error is ready to Build.
+type Config struct {
+	// Listen is where proxied requests arrive: host:port, or unix:/path.
+	Listen string `yaml:"listen"`
+	// SocketMode is the file mode of a unix socket, in octal (default 0660).
+	SocketMode string `yaml:"socket_mode"`
+	// AdminListen serves /healthz, /readyz, /metrics and /tokens.
+	AdminListen string              `yaml:"admin_listen"`
+	Log         Log                 `yaml:"log"`
+	Inbound     Inbound             `yaml:"inbound"`
+	Server      Server              `yaml:"server"`
+	OAuth2      map[string]*OAuth2  `yaml:"oauth2"`
+	Routes      []*Route            `yaml:"routes"`
+	File        string              `yaml:"-"` // the file it was loaded from
+	Warnings    []Problem           `yaml:"-"` // what is allowed but worth saying at every start
+	Pos         Positions           `yaml:"-"`
+	secrets     []tokencache.Secret // every secret value, for log scrubbing
+}
+
+// Log configures logging.
+type Log struct {
+	Level  string    `yaml:"level"`  // debug | info | warn | error (default info)
+	Format string    `yaml:"format"` // json | text (default json)
+	Pos    Positions `yaml:"-"`
+}
+
+// Inbound says who may use the proxy port. On loopback none of it is
+// required; listening elsewhere needs RequireHeader or AllowCIDRs.
+type Inbound struct {
+	RequireHeader *RequireHeader `yaml:"require_header"`
+	// AllowCIDRs lists the client networks (or single addresses) allowed.
+	AllowCIDRs []string `yaml:"allow_cidrs"`
+	// AllowedHosts are Host header names accepted besides localhost and
+	// loopback addresses (DNS rebinding defence).
+	AllowedHosts []string `yaml:"allowed_hosts"`
+	// AllowedOrigins are browser origins (scheme://host[:port]) allowed to
+	// send requests; every other Origin is refused.
+	AllowedOrigins []string  `yaml:"allowed_origins"`
+	Pos            Positions `yaml:"-"`
+}
+
+// RequireHeader is a shared secret every request must carry.
+type RequireHeader struct {
+	Name  string            `yaml:"name"`
+	Value tokencache.Secret `yaml:"value"`
+	Pos   Positions         `yaml:"-"`
+}
+
+// Server holds the listener's limits.
+type Server struct {
+	ReadHeaderTimeout time.Duration `yaml:"read_header_timeout"` // default 10s
+	IdleTimeout       time.Duration `yaml:"idle_timeout"`        // default 120s
+	MaxHeaderBytes    Size          `yaml:"max_header_bytes"`    // default 64KiB
+	MaxConnections    int           `yaml:"max_connections"`     // default 1024
+	ShutdownGrace     time.Duration `yaml:"shutdown_grace"`      // default 30s
+	Pos               Positions     `yaml:"-"`
+}
+
+// OAuth2 is one named OAuth2 configuration: how to get tokens and how to
+// present them.
+type OAuth2 struct {
+	GrantType    string            `yaml:"grant_type"` // default client_credentials
+	TokenURL     string            `yaml:"token_url"`
+	ClientID     string            `yaml:"client_id"`
+	ClientSecret tokencache.Secret `yaml:"client_secret"`
+	ClientAuth   string            `yaml:"client_auth"` // default client_secret_basic
+	Username     string            `yaml:"username"`
+	Password     tokencache.Secret `yaml:"password"`
+	RefreshToken tokencache.Secret `yaml:"refresh_token"`
+
+	Scopes        []string                     `yaml:"scopes"`
+	Audience      string                       `yaml:"audience"`
+	Resource      string                       `yaml:"resource"`
+	Params        map[string]tokencache.Secret `yaml:"params"`
+	Headers       map[string]tokencache.Secret `yaml:"headers"`
+	RequestFormat string                       `yaml:"request_format"` // form | json
+	Response      ResponseFields               `yaml:"response"`
+	DefaultTTL    time.Duration                `yaml:"default_ttl"`    // default 5m
+	RefreshBefore time.Duration                `yaml:"refresh_before"` // default 60s
+	Timeout       time.Duration                `yaml:"timeout"`        // default 10s
+	Inject        Inject                       `yaml:"inject"`
+	InsecureHTTP  bool                         `yaml:"insecure_http"`
+
+	Name string    `yaml:"-"`
+	Pos  Positions `yaml:"-"`
+}
+
+// ResponseFields are the token response's field names (dotted paths).
+type ResponseFields struct {
+	AccessToken  string    `yaml:"access_token"`
+	ExpiresIn    string    `yaml:"expires_in"`
+	RefreshToken string    `yaml:"refresh_token"`
+	TokenType    string    `yaml:"token_type"`
+	Scope        string    `yaml:"scope"`
+	Pos          Positions `yaml:"-"`
+}
+
+// Inject is how a token reaches the upstream.
+type Inject struct {
+	Header string    `yaml:"header"` // default Authorization
+	Format string    `yaml:"format"` // default "Bearer {token}"
+	Pos    Positions `yaml:"-"`
+}
+
+// Route maps a path prefix to an upstream and an oauth2 entry.
+type Route struct {
+	Prefix   string `yaml:"prefix"`
+	Upstream string `yaml:"upstream"`
+	OAuth2   string `yaml:"oauth2"`
+	// StripPrefix drops the prefix before joining the path onto the
+	// upstream's (default true).
+	StripPrefix      *bool             `yaml:"strip_prefix"`
+	RetryOn          []int             `yaml:"retry_on"`         // default [401]; [] disables
+	RetryBodyLimit   *Size             `yaml:"retry_body_limit"` // default 1MiB
+	Timeout          time.Duration     `yaml:"timeout"`          // default 60s, until response headers
+	SetHeaders       map[string]string `yaml:"set_headers"`
+	RemoveHeaders    []string          `yaml:"remove_headers"`
+	ForwardedHeaders bool              `yaml:"forwarded_headers"`
+	MaxBody          *Size             `yaml:"max_body"` // default 10MiB; 0 is unlimited
+	RewriteLocation  bool              `yaml:"rewrite_location"`
+	InsecureHTTP     bool              `yaml:"insecure_http"`
+	Pos              Positions         `yaml:"-"`
+}
+
+// Size is a number of bytes; YAML takes 512, 64KiB, 1MiB or 1GiB.
+type Size int64
+
+// Positions maps a key of a YAML mapping to where its value stands; the
+// empty key is the mapping itself.
+type Positions map[string]Pos
+
+// Pos is a place in a config file.
+type Pos struct {
+	Line, Col int
+	raw       string // the scalar as written, before ${...} references
+}
+
+// Defaults.
+const (
+	DefaultListen            = "127.0.0.1:8080"
+	DefaultAdminListen       = "127.0.0.1:9090"
+	DefaultSocketMode        = "0660"
+	DefaultReadHeaderTimeout = 10 * time.Second
+	DefaultIdleTimeout       = 120 * time.Second
+	DefaultMaxHeaderBytes    = 64 << 10
+	DefaultMaxConnections    = 1024
+	DefaultShutdownGrace     = 30 * time.Second
+	DefaultRetryBodyLimit    = 1 << 20
+	DefaultMaxBody           = 10 << 20
+	DefaultRouteTimeout      = 60 * time.Second
+	DefaultInjectHeader      = "Authorization"
+	DefaultInjectFormat      = "Bearer {token}"
+)
+
+// applyDefaults fills what the file left out. It runs before validation so
+// that validation sees the values that will be used.
+func (c *Config) applyDefaults() {
+	def := func(s *string, v string) {
+		if *s == "" {
+			*s = v
+		}
+	}
+	defDur := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	def(&c.Listen, DefaultListen)
+	def(&c.AdminListen, DefaultAdminListen)
+	def(&c.SocketMode, DefaultSocketMode)
+	def(&c.Log.Level, "info")
+	def(&c.Log.Format, "json")
+	defDur(&c.Server.ReadHeaderTimeout, DefaultReadHeaderTimeout)
+	defDur(&c.Server.IdleTimeout, DefaultIdleTimeout)
+	defDur(&c.Server.ShutdownGrace, DefaultShutdownGrace)
+	if c.Server.MaxHeaderBytes == 0 {
+		c.Server.MaxHeaderBytes = DefaultMaxHeaderBytes
+	}
+	if c.Server.MaxConnections == 0 {
+		c.Server.MaxConnections = DefaultMaxConnections
+	}
+	for name, o := range c.OAuth2 {
+		if o == nil {
+			continue
+		}
+		o.Name = name
+		def(&o.GrantType, tokencache.GrantClientCredentials)
+		def(&o.ClientAuth, "client_secret_basic")
+		def(&o.RequestFormat, "form")
+		def(&o.Inject.Header, DefaultInjectHeader)
+		def(&o.Inject.Format, DefaultInjectFormat)
+		defDur(&o.DefaultTTL, tokencache.DefaultTokenTTL)
+		defDur(&o.RefreshBefore, tokencache.DefaultRefreshBefore)
+		defDur(&o.Timeout, tokencache.DefaultTimeout)
+	}
+	for _, r := range c.Routes {
+		if r == nil {
+			continue
+		}
+		if r.StripPrefix == nil {
+			t := true
+			r.StripPrefix = &t
+		}
+		if r.RetryOn == nil {
+			r.RetryOn = []int{401}
+		}
+		if r.RetryBodyLimit == nil {
+			s := Size(DefaultRetryBodyLimit)
+			r.RetryBodyLimit = &s
+		}
+		if r.MaxBody == nil {
+			s := Size(DefaultMaxBody)
+			r.MaxBody = &s
+		}
+		defDur(&r.Timeout, DefaultRouteTimeout)
+	}
+}

@@ -1,0 +1,482 @@
+package upstreams
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/oauthproxy/oauthproxy/tokencache"
+)
+
+// validator checks a decoded, defaulted Config. It is pure: it reads no
+// files and no network, and it reports every problem, not the first.
+type validator struct {
+	*decoder
+	cfg *Config
+}
+
+// at is where key's value stands in a mapping, or the mapping itself when
+// the key is absent.
+func at(ps Positions, key string) Pos {
+	if p, ok := ps[key]; ok {
+		return p
+	}
+	return ps[""]
+}
+
+func (v *validator) run() {
+	c := v.cfg
+	v.listen()
+	v.hostPort(at(c.Pos, "admin_listen"), "admin_listen", c.AdminListen)
+	v.oneOf(c.Log.Pos, "log", "level", c.Log.Level, "debug", "info", "warn", "error")
+	v.oneOf(c.Log.Pos, "log", "format", c.Log.Format, "json", "text")
+	v.server()
+	v.inbound()
+
+	names := make([]string, 0, len(c.OAuth2))
+	for name := range c.OAuth2 {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	if len(names) == 0 {
+		v.addAt(at(c.Pos, "oauth2"), "oauth2", "no entries: define at least one OAuth2 configuration")
+	}
+	for _, name := range names {
+		v.oauth2(name, c.OAuth2[name])
+	}
+
+	if len(c.Routes) == 0 {
+		v.addAt(at(c.Pos, "routes"), "routes", "no routes: define at least one")
+	}
+	used := map[string]bool{}
+	prefixes := map[string]int{} // normalized prefix -> route index
+	for i, r := range c.Routes {
+		v.route(i, r, prefixes)
+		if r != nil {
+			used[r.OAuth2] = true
+		}
+	}
+	for _, name := range names {
+		if !used[name] && c.OAuth2[name] != nil {
+			v.warnAt(c.OAuth2[name].Pos[""], "oauth2."+name, "not used by any route")
+		}
+	}
+}
+
+func (v *validator) oneOf(ps Positions, path, key, val string, allowed ...string) bool {
+	if slices.Contains(allowed, val) {
+		return true
+	}
+	v.addAt(at(ps, key), join(path, key), "%q is not one of %s", val, strings.Join(allowed, ", "))
+	return false
+}
+
+func (v *validator) listen() {
+	c := v.cfg
+	p := at(c.Pos, "listen")
+	if path, ok := strings.CutPrefix(c.Listen, "unix:"); ok {
+		if !strings.HasPrefix(path, "/") {
+			v.addAt(p, "listen", "%q: a unix socket needs an absolute path (unix:/run/oauthproxy/proxy.sock)", c.Listen)
+		}
+		if m, err := strconv.ParseUint(c.SocketMode, 8, 32); err != nil || m > 0o777 {
+			v.addAt(at(c.Pos, "socket_mode"), "socket_mode", "%q is not an octal file mode like 0660", c.SocketMode)
+		} else if m&0o007 != 0 {
+			v.warnAt(at(c.Pos, "socket_mode"), "socket_mode", "%s lets every local user call the upstreams", c.SocketMode)
+		}
+		return
+	}
+	if _, ok := c.Pos["socket_mode"]; ok {
+		v.addAt(at(c.Pos, "socket_mode"), "socket_mode", "only applies to listen: unix:/path")
+	}
+	host, ok := v.hostPort(p, "listen", c.Listen)
+	if !ok {
+		return
+	}
+	if !isLoopbackHost(host) && c.Inbound.RequireHeader == nil && len(c.Inbound.AllowCIDRs) == 0 {
+		v.addAt(p, "listen", "%q is reachable beyond this machine, and whoever reaches the port calls the upstreams with this proxy's tokens: "+
+			"set inbound.require_header or inbound.allow_cidrs, or listen on 127.0.0.1 (see docs/security.md)", c.Listen)
+	}
+}
+
+func (v *validator) hostPort(p Pos, key, addr string) (string, bool) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		v.addAt(p, key, "%q is not host:port (like 127.0.0.1:8080)", addr)
+		return "", false
+	}
+	if n, err := strconv.ParseUint(port, 10, 16); err != nil || (n == 0 && port != "0") {
+		v.addAt(p, key, "%q: port %q is not a number from 0 to 65535", addr, port)
+		return "", false
+	}
+	return host, true
+}
+
+// isLoopbackHost reports whether a listen host or URL host is loopback:
+// localhost or a loopback address. The empty host is every interface.
+func isLoopbackHost(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	a, err := netip.ParseAddr(strings.Trim(host, "[]"))
+	return err == nil && a.IsLoopback()
+}
+
+func (v *validator) server() {
+	s := &v.cfg.Server
+	if s.MaxConnections < 0 {
+		v.addAt(at(s.Pos, "max_connections"), "server.max_connections", "must not be negative")
+	}
+	if s.MaxHeaderBytes < 4<<10 || s.MaxHeaderBytes > 1<<20 {
+		v.addAt(at(s.Pos, "max_header_bytes"), "server.max_header_bytes", "%d bytes: want between 4KiB and 1MiB", s.MaxHeaderBytes)
+	}
+}
+
+func (v *validator) inbound() {
+	in := &v.cfg.Inbound
+	if rh := in.RequireHeader; rh != nil {
+		if !validHeaderName(rh.Name) {
+			v.addAt(at(rh.Pos, "name"), "inbound.require_header.name", "%q is not a header name", rh.Name)
+		} else if reservedHeader(rh.Name) {
+			v.addAt(at(rh.Pos, "name"), "inbound.require_header.name", "%q is a header the proxy manages itself; pick another name", rh.Name)
+		}
+		switch n := len(rh.Value); {
+		case n == 0:
+			v.addAt(at(rh.Pos, "value"), "inbound.require_header.value", "missing: the shared secret clients must send (use ${file:/path})")
+		case n < 16:
+			v.warnAt(at(rh.Pos, "value"), "inbound.require_header.value", "only %d characters: a shared secret this short can be guessed", n)
+		}
+		if p, ok := rh.Pos["value"]; ok && !strings.Contains(p.raw, "${") {
+			v.warnAt(p, "inbound.require_header.value", "written in the file: prefer ${file:/path} or ${NAME}")
+		}
+	}
+	for i, s := range in.AllowCIDRs {
+		if _, err := netip.ParsePrefix(s); err == nil {
+			continue
+		}
+		if _, err := netip.ParseAddr(s); err == nil {
+			continue
+		}
+		v.addAt(at(in.Pos, "allow_cidrs"), fmt.Sprintf("inbound.allow_cidrs[%d]", i), "%q is not a CIDR (10.0.0.0/8) or an address", s)
+	}
+	for i, h := range in.AllowedHosts {
+		if h == "" || strings.ContainsAny(h, ":/ *") {
+			v.addAt(at(in.Pos, "allowed_hosts"), fmt.Sprintf("inbound.allowed_hosts[%d]", i), "%q: want a host name without port or scheme", h)
+		}
+	}
+	for i, o := range in.AllowedOrigins {
+		u, err := url.Parse(o)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.User != nil {
+			v.addAt(at(in.Pos, "allowed_origins"), fmt.Sprintf("inbound.allowed_origins[%d]", i), "%q: want an origin like https://app.example.com", o)
+		}
+	}
+}
+
+var supportedGrants = []string{tokencache.GrantClientCredentials, tokencache.GrantPassword, tokencache.GrantRefreshToken}
+
+// reservedParams are the token request parameters the proxy sets itself.
+var reservedParams = map[string]string{
+	"grant_type": "grant_type", "client_id": "client_id", "client_secret": "client_secret",
+	"scope": "scopes", "audience": "audience", "resource": "resource",
+	"username": "username", "password": "password", "refresh_token": "refresh_token",
+}
+
+func (v *validator) oauth2(name string, o *OAuth2) {
+	path := "oauth2." + name
+	if !validName(name) {
+		v.addAt(v.cfg.Pos["oauth2"], path, "the name may hold only letters, digits, '-', '_' and '.'")
+	}
+	if o == nil {
+		v.addAt(v.cfg.Pos["oauth2"], path, "empty entry: it needs at least token_url and client_id")
+		return
+	}
+	p := o.Pos
+	switch {
+	case slices.Contains(supportedGrants, o.GrantType):
+	case o.GrantType == "authorization_code" || o.GrantType == "device_code" || o.GrantType == "jwt_bearer":
+		v.addAt(at(p, "grant_type"), path+".grant_type", "%q is not supported by this version (supported: %s)", o.GrantType, strings.Join(supportedGrants, ", "))
+	default:
+		v.oneOf(p, path, "grant_type", o.GrantType, supportedGrants...)
+	}
+	if o.TokenURL == "" {
+		v.addAt(p[""], path, "missing token_url")
+	} else {
+		v.httpURL(p, path, "token_url", o.TokenURL, o.InsecureHTTP)
+	}
+	if o.ClientID == "" {
+		v.addAt(p[""], path, "missing client_id")
+	}
+	switch o.ClientAuth {
+	case "client_secret_basic", "client_secret_post":
+		if o.ClientSecret == "" {
+			v.addAt(p[""], path, "missing client_secret (client_auth %s sends one; set client_auth: none for a public client)", o.ClientAuth)
+		}
+	case "none":
+		if o.ClientSecret != "" {
+			v.addAt(at(p, "client_secret"), path+".client_secret", "set, but client_auth is none: it would never be sent")
+		}
+	case "client_secret_jwt", "private_key_jwt", "tls_client_auth":
+		v.addAt(at(p, "client_auth"), path+".client_auth", "%q is not supported by this version (supported: client_secret_basic, client_secret_post, none)", o.ClientAuth)
+	default:
+		v.oneOf(p, path, "client_auth", o.ClientAuth, "client_secret_basic", "client_secret_post", "none")
+	}
+	switch o.GrantType {
+	case tokencache.GrantPassword:
+		if o.Username == "" {
+			v.addAt(p[""], path, "missing username (grant_type password)")
+		}
+		if o.Password == "" {
+			v.addAt(p[""], path, "missing password (grant_type password)")
+		}
+	case tokencache.GrantRefreshToken:
+		if o.RefreshToken == "" {
+			v.addAt(p[""], path, "missing refresh_token (grant_type refresh_token)")
+		}
+	}
+	if o.GrantType != tokencache.GrantPassword {
+		for _, k := range []string{"username", "password"} {
+			if _, set := p[k]; set {
+				v.addAt(p[k], path+"."+k, "only applies to grant_type password")
+			}
+		}
+	}
+	if _, set := p["refresh_token"]; set && o.GrantType == tokencache.GrantClientCredentials {
+		v.addAt(p["refresh_token"], path+".refresh_token", "does not apply to grant_type client_credentials")
+	}
+	for i, s := range o.Scopes {
+		if s == "" || strings.ContainsAny(s, " \t\"\\") {
+			v.addAt(at(p, "scopes"), fmt.Sprintf("%s.scopes[%d]", path, i), "%q is not one scope: list scopes one by one", s)
+		}
+	}
+	if o.Resource != "" {
+		if u, err := url.Parse(o.Resource); err != nil || !u.IsAbs() || u.Fragment != "" {
+			v.addAt(at(p, "resource"), path+".resource", "%q: RFC 8707 wants an absolute URI without a fragment", o.Resource)
+		}
+	}
+	for k := range o.Params {
+		if use, ok := reservedParams[k]; ok {
+			v.addAt(at(p, "params"), path+".params."+k, "set by the proxy: use the %s key instead", use)
+		}
+	}
+	for k, val := range o.Headers {
+		switch {
+		case !validHeaderName(k):
+			v.addAt(at(p, "headers"), path+".headers", "%q is not a header name", k)
+		case reservedHeader(k) || strings.EqualFold(k, "Content-Type") || strings.EqualFold(k, "Authorization") && o.ClientAuth == "client_secret_basic":
+			v.addAt(at(p, "headers"), path+".headers."+k, "set by the proxy")
+		case strings.ContainsAny(val.Reveal(), "\r\n"):
+			v.addAt(at(p, "headers"), path+".headers."+k, "the value holds a line break")
+		}
+	}
+	v.oneOf(p, path, "request_format", o.RequestFormat, "form", "json")
+	for _, f := range []struct{ key, val string }{
+		{"access_token", o.Response.AccessToken}, {"expires_in", o.Response.ExpiresIn},
+		{"refresh_token", o.Response.RefreshToken}, {"token_type", o.Response.TokenType}, {"scope", o.Response.Scope},
+	} {
+		if pos, set := o.Response.Pos[f.key]; set && (f.val == "" || strings.HasPrefix(f.val, ".") || strings.HasSuffix(f.val, ".")) {
+			v.addAt(pos, path+".response."+f.key, "%q is not a field path (like access_token or data.token)", f.val)
+		}
+	}
+	if o.DefaultTTL < tokencache.MinDefaultTTL {
+		v.addAt(at(p, "default_ttl"), path+".default_ttl", "%s is shorter than %s", o.DefaultTTL, tokencache.MinDefaultTTL)
+	}
+	if o.Timeout <= 0 {
+		v.addAt(at(p, "timeout"), path+".timeout", "must be positive")
+	}
+	ip := o.Inject.Pos
+	if !validHeaderName(o.Inject.Header) {
+		v.addAt(at(ip, "header"), path+".inject.header", "%q is not a header name", o.Inject.Header)
+	} else if reservedHeader(o.Inject.Header) {
+		v.addAt(at(ip, "header"), path+".inject.header", "%q is a header the proxy manages itself", o.Inject.Header)
+	}
+	if strings.Count(o.Inject.Format, "{token}") != 1 {
+		v.addAt(at(ip, "format"), path+".inject.format", "%q must hold {token} once", o.Inject.Format)
+	} else if strings.ContainsAny(o.Inject.Format, "\r\n") {
+		v.addAt(at(ip, "format"), path+".inject.format", "holds a line break")
+	}
+}
+
+// httpURL checks an absolute http(s) URL that tokens or secrets travel to.
+func (v *validator) httpURL(ps Positions, path, key, raw string, insecure bool) *url.URL {
+	p, path := at(ps, key), join(path, key)
+	u, err := url.Parse(raw)
+	switch {
+	case err != nil:
+		v.addAt(p, path, "%q is not a URL", raw)
+		return nil
+	case u.Scheme != "http" && u.Scheme != "https":
+		v.addAt(p, path, "%q: want an absolute https:// URL", raw)
+		return nil
+	case u.Host == "" || u.Hostname() == "":
+		v.addAt(p, path, "%q has no host", raw)
+		return nil
+	case u.User != nil:
+		v.addAt(p, path, "credentials in the URL are not allowed: they would show in logs and errors")
+		return nil
+	case u.Fragment != "" || strings.Contains(raw, "#"):
+		v.addAt(p, path, "%q has a #fragment", raw)
+		return nil
+	}
+	if port := u.Port(); port != "" {
+		if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
+			v.addAt(p, path, "%q: port %q is not a number from 1 to 65535", raw, port)
+			return nil
+		}
+	}
+	if u.Scheme == "http" && !isLoopbackHost(u.Hostname()) {
+		if !insecure {
+			v.addAt(p, path, "%q is plain http beyond this machine: tokens and secrets would cross the network in clear; use https, or set insecure_http: true", raw)
+			return nil
+		}
+		v.warnAt(p, path, "%q is plain http (insecure_http: true): tokens and secrets cross the network in clear", raw)
+	}
+	return u
+}
+
+func (v *validator) route(i int, r *Route, prefixes map[string]int) {
+	path := fmt.Sprintf("routes[%d]", i)
+	if r == nil {
+		v.addAt(v.cfg.Pos["routes"], path, "empty route: it needs prefix, upstream and oauth2")
+		return
+	}
+	p := r.Pos
+	if r.Prefix != "" {
+		path = fmt.Sprintf("routes[%d] (prefix %q)", i, r.Prefix)
+	}
+	if r.Prefix == "" {
+		v.addAt(p[""], path, "missing prefix")
+	} else if msg := checkPrefix(r.Prefix); msg != "" {
+		v.addAt(at(p, "prefix"), path, "prefix %s", msg)
+	} else {
+		norm := NormalizePrefix(r.Prefix)
+		if j, dup := prefixes[norm]; dup {
+			v.addAt(at(p, "prefix"), path, "the same prefix as routes[%d] (line %d)", j, at(v.cfg.Routes[j].Pos, "prefix").Line)
+		} else {
+			prefixes[norm] = i
+		}
+	}
+	if r.Upstream == "" {
+		v.addAt(p[""], path, "missing upstream")
+	} else if u := v.httpURL(p, path, "upstream", r.Upstream, r.InsecureHTTP); u != nil {
+		if u.RawQuery != "" || u.ForceQuery {
+			v.addAt(at(p, "upstream"), path+".upstream", "%q has a query: put the path only", r.Upstream)
+		}
+	}
+	var inject string
+	switch o, ok := v.cfg.OAuth2[r.OAuth2]; {
+	case r.OAuth2 == "":
+		v.addAt(p[""], path, "missing oauth2: which OAuth2 configuration supplies this route's tokens")
+	case !ok:
+		names := make([]string, 0, len(v.cfg.OAuth2))
+		for n := range v.cfg.OAuth2 {
+			names = append(names, n)
+		}
+		slices.Sort(names)
+		msg := fmt.Sprintf("oauth2 %q is not defined", r.OAuth2)
+		if s := suggest(r.OAuth2, names); s != "" {
+			msg += fmt.Sprintf(" (did you mean %q?)", s)
+		} else if len(names) > 0 {
+			msg += " (defined: " + strings.Join(names, ", ") + ")"
+		}
+		v.addAt(at(p, "oauth2"), path, "%s", msg)
+	case o != nil:
+		inject = o.Inject.Header
+	}
+	for _, code := range r.RetryOn {
+		switch {
+		case code == http.StatusForbidden:
+			v.addAt(at(p, "retry_on"), path+".retry_on", "403 is never retried: the token was valid and lacked permission; a new one will not help")
+		case code < 400 || code > 499:
+			v.addAt(at(p, "retry_on"), path+".retry_on", "%d: only 4xx statuses can mean the token was rejected", code)
+		}
+	}
+	if *r.RetryBodyLimit < 0 {
+		v.addAt(at(p, "retry_body_limit"), path+".retry_body_limit", "must not be negative")
+	}
+	if r.Timeout <= 0 {
+		v.addAt(at(p, "timeout"), path+".timeout", "must be positive")
+	}
+	for k, val := range r.SetHeaders {
+		switch {
+		case !validHeaderName(k):
+			v.addAt(at(p, "set_headers"), path+".set_headers", "%q is not a header name", k)
+		case reservedHeader(k) || strings.EqualFold(k, "Authorization") || strings.EqualFold(k, inject):
+			v.addAt(at(p, "set_headers"), path+".set_headers."+k, "set by the proxy")
+		case strings.ContainsAny(val, "\r\n\x00"):
+			v.addAt(at(p, "set_headers"), path+".set_headers."+k, "the value holds a line break or NUL")
+		}
+	}
+	for j, k := range r.RemoveHeaders {
+		if !validHeaderName(k) {
+			v.addAt(at(p, "remove_headers"), fmt.Sprintf("%s.remove_headers[%d]", path, j), "%q is not a header name", k)
+		}
+	}
+}
+
+// checkPrefix says what is wrong with a route prefix, or "".
+func checkPrefix(s string) string {
+	if !strings.HasPrefix(s, "/") {
+		return fmt.Sprintf("%q must start with /", s)
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x21 || c == 0x7f || c == '%' || c == '?' || c == '#' || c == '\\' {
+			return fmt.Sprintf("%q holds %q: write the path as plain characters", s, c)
+		}
+	}
+	for _, seg := range strings.Split(strings.Trim(s, "/"), "/") {
+		if seg == "." || seg == ".." || (seg == "" && s != "/") {
+			return fmt.Sprintf("%q has an empty, . or .. segment", s)
+		}
+	}
+	return ""
+}
+
+// NormalizePrefix is a route prefix without its trailing slash ("/" stays
+// "/"): "/a" and "/a/" are the same route.
+func NormalizePrefix(s string) string {
+	if t := strings.TrimRight(s, "/"); t != "" {
+		return t
+	}
+	return "/"
+}
+
+func validName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for _, c := range s {
+		if !(c == '-' || c == '_' || c == '.' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9') {
+			return false
+		}
+	}
+	return true
+}
+
+// validHeaderName reports whether s is an RFC 9110 token.
+func validHeaderName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0) {
+			return false
+		}
+	}
+	return true
+}
+
+// reservedHeader names headers that framing, hop-by-hop handling or the
+// proxy itself own.
+func reservedHeader(name string) bool {
+	switch http.CanonicalHeaderKey(name) {
+	case "Host", "Content-Length", "Transfer-Encoding", "Connection", "Keep-Alive", "Proxy-Authenticate",
+		"Proxy-Authorization", "Proxy-Connection", "Te", "Trailer", "Upgrade":
+		return true
+	}
+	return false
+}
