@@ -31,6 +31,7 @@ type Config struct {
 	Warnings    []Problem           `yaml:"-"` // what is allowed but worth saying at every start
 	Pos         Positions           `yaml:"-"`
 	secrets     []tokencache.Secret // every secret value, for log scrubbing
+	resolver    Resolver            // to read ${file:...} secrets again
 }
 
 // Log configures logging.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"reflect"
 	"regexp"
 	"slices"
@@ -31,6 +32,9 @@ func Load(path string) (*Config, error) {
 
 // Parse is Load for a config already read; file names it in problems.
 func Parse(file string, data []byte, res Resolver) (*Config, error) {
+	if res.Dir == "" {
+		res.Dir = filepath.Dir(file)
+	}
 	d := &decoder{file: file, res: res}
 	root, err := d.parse(data)
 	if err != nil {
@@ -40,7 +44,7 @@ func Parse(file string, data []byte, res Resolver) (*Config, error) {
 	if root != nil {
 		d.value(root, reflect.ValueOf(cfg).Elem(), "")
 	}
-	cfg.secrets = d.secrets
+	cfg.secrets, cfg.resolver = d.secrets, res
 	cfg.applyDefaults()
 	(&validator{decoder: d, cfg: cfg}).run()
 	if len(d.problems) > 0 {
@@ -216,7 +220,12 @@ func (d *decoder) value(n *yaml.Node, v reflect.Value, path string) Pos {
 		}
 		s := reflect.MakeSlice(t, len(n.Content), len(n.Content))
 		for i, e := range n.Content {
-			d.value(e, s.Index(i), fmt.Sprintf("%s[%d]", path, i))
+			ep := fmt.Sprintf("%s[%d]", path, i)
+			if isNull(e) && t.Elem().Kind() == reflect.Pointer {
+				d.add(deref(e), ep, "empty entry")
+				continue
+			}
+			d.value(e, s.Index(i), ep)
 		}
 		v.Set(s)
 	case reflect.Map:
@@ -226,6 +235,10 @@ func (d *decoder) value(n *yaml.Node, v reflect.Value, path string) Pos {
 		}
 		m := reflect.MakeMap(t)
 		for _, kv := range d.pairs(n, path) {
+			if isNull(kv.val) && t.Elem().Kind() == reflect.Pointer {
+				d.add(kv.key, join(path, kv.key.Value), "empty entry")
+				continue
+			}
 			ev := reflect.New(t.Elem()).Elem()
 			d.value(kv.val, ev, join(path, kv.key.Value))
 			m.SetMapIndex(reflect.ValueOf(kv.key.Value).Convert(t.Key()), ev)
@@ -250,14 +263,10 @@ func (d *decoder) structure(n *yaml.Node, v reflect.Value, path string) {
 		key := kv.key.Value
 		i, ok := fields.index[key]
 		if !ok {
-			where := path
-			if where == "" {
-				where = "top level"
-			}
 			if s := suggest(key, fields.names); s != "" {
 				d.add(kv.key, path, "unknown key %q (did you mean %q?)", key, s)
 			} else {
-				d.add(kv.key, path, "unknown key %q in %s (known: %s)", key, where, strings.Join(fields.names, ", "))
+				d.add(kv.key, path, "unknown key %q (known keys: %s)", key, strings.Join(fields.names, ", "))
 			}
 			continue
 		}
@@ -338,6 +347,11 @@ func (d *decoder) scalar(n *yaml.Node, path, want string) (string, bool) {
 		return "", false
 	}
 	return s, true
+}
+
+func isNull(n *yaml.Node) bool {
+	n = deref(n)
+	return n.Kind == yaml.ScalarNode && n.Tag == "!!null"
 }
 
 func deref(n *yaml.Node) *yaml.Node {

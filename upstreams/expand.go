@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 )
 
@@ -12,6 +13,9 @@ import (
 type Resolver struct {
 	Getenv   func(string) (string, bool)
 	ReadFile func(string) ([]byte, error)
+	// Dir is where a relative ${file:path} is read from; Load sets it to
+	// the config file's directory.
+	Dir string
 }
 
 func (r Resolver) getenv(k string) (string, bool) {
@@ -22,6 +26,9 @@ func (r Resolver) getenv(k string) (string, bool) {
 }
 
 func (r Resolver) readFile(p string) ([]byte, error) {
+	if !filepath.IsAbs(p) && r.Dir != "" {
+		p = filepath.Join(r.Dir, p)
+	}
 	if r.ReadFile != nil {
 		return r.ReadFile(p)
 	}

@@ -68,11 +68,50 @@ func (v *validator) run() {
 	}
 }
 
+// missing reports a required key that is absent. A key that is present
+// but did not decode has its own problem already; one present but empty
+// (an empty ${VAR}) is called empty.
+func (v *validator) missing(ps Positions, path, key, val, why string) {
+	if val != "" {
+		return
+	}
+	if p, ok := ps[key]; ok {
+		if p.raw != "" && !strings.Contains(p.raw, "${") {
+			return // written, but it did not decode: already reported
+		}
+		if v.failedAt(p) {
+			return
+		}
+		v.addAt(p, sub(path, key), "is empty%s", why)
+		return
+	}
+	v.addAt(ps[""], path, "missing %s%s", key, why)
+}
+
+// failedAt reports whether a problem was already recorded at p.
+func (v *validator) failedAt(p Pos) bool {
+	for _, q := range v.problems {
+		if q.Line == p.Line && q.Col == p.Col {
+			return true
+		}
+	}
+	return false
+}
+
+// sub names key under path: oauth2.corp.token_url, or for a route
+// `routes[0] (prefix "/a/"): upstream`.
+func sub(path, key string) string {
+	if strings.HasSuffix(path, ")") {
+		return path + ": " + key
+	}
+	return join(path, key)
+}
+
 func (v *validator) oneOf(ps Positions, path, key, val string, allowed ...string) bool {
 	if slices.Contains(allowed, val) {
 		return true
 	}
-	v.addAt(at(ps, key), join(path, key), "%q is not one of %s", val, strings.Join(allowed, ", "))
+	v.addAt(at(ps, key), sub(path, key), "%q is not one of %s", val, strings.Join(allowed, ", "))
 	return false
 }
 
@@ -191,8 +230,7 @@ func (v *validator) oauth2(name string, o *OAuth2) {
 		v.addAt(v.cfg.Pos["oauth2"], path, "the name may hold only letters, digits, '-', '_' and '.'")
 	}
 	if o == nil {
-		v.addAt(v.cfg.Pos["oauth2"], path, "empty entry: it needs at least token_url and client_id")
-		return
+		return // the decoder reported the empty entry
 	}
 	p := o.Pos
 	switch {
@@ -202,19 +240,14 @@ func (v *validator) oauth2(name string, o *OAuth2) {
 	default:
 		v.oneOf(p, path, "grant_type", o.GrantType, supportedGrants...)
 	}
-	if o.TokenURL == "" {
-		v.addAt(p[""], path, "missing token_url")
-	} else {
+	v.missing(p, path, "token_url", o.TokenURL, "")
+	if o.TokenURL != "" {
 		v.httpURL(p, path, "token_url", o.TokenURL, o.InsecureHTTP)
 	}
-	if o.ClientID == "" {
-		v.addAt(p[""], path, "missing client_id")
-	}
+	v.missing(p, path, "client_id", o.ClientID, "")
 	switch o.ClientAuth {
 	case "client_secret_basic", "client_secret_post":
-		if o.ClientSecret == "" {
-			v.addAt(p[""], path, "missing client_secret (client_auth %s sends one; set client_auth: none for a public client)", o.ClientAuth)
-		}
+		v.missing(p, path, "client_secret", o.ClientSecret.Reveal(), fmt.Sprintf(" (client_auth %s sends one; client_auth: none is a public client)", o.ClientAuth))
 	case "none":
 		if o.ClientSecret != "" {
 			v.addAt(at(p, "client_secret"), path+".client_secret", "set, but client_auth is none: it would never be sent")
@@ -226,16 +259,10 @@ func (v *validator) oauth2(name string, o *OAuth2) {
 	}
 	switch o.GrantType {
 	case tokencache.GrantPassword:
-		if o.Username == "" {
-			v.addAt(p[""], path, "missing username (grant_type password)")
-		}
-		if o.Password == "" {
-			v.addAt(p[""], path, "missing password (grant_type password)")
-		}
+		v.missing(p, path, "username", o.Username, " (grant_type password)")
+		v.missing(p, path, "password", o.Password.Reveal(), " (grant_type password)")
 	case tokencache.GrantRefreshToken:
-		if o.RefreshToken == "" {
-			v.addAt(p[""], path, "missing refresh_token (grant_type refresh_token)")
-		}
+		v.missing(p, path, "refresh_token", o.RefreshToken.Reveal(), " (grant_type refresh_token)")
 	}
 	if o.GrantType != tokencache.GrantPassword {
 		for _, k := range []string{"username", "password"} {
@@ -302,7 +329,7 @@ func (v *validator) oauth2(name string, o *OAuth2) {
 
 // httpURL checks an absolute http(s) URL that tokens or secrets travel to.
 func (v *validator) httpURL(ps Positions, path, key, raw string, insecure bool) *url.URL {
-	p, path := at(ps, key), join(path, key)
+	p, path := at(ps, key), sub(path, key)
 	u, err := url.Parse(raw)
 	switch {
 	case err != nil:
@@ -340,15 +367,15 @@ func (v *validator) httpURL(ps Positions, path, key, raw string, insecure bool) 
 func (v *validator) route(i int, r *Route, prefixes map[string]int) {
 	path := fmt.Sprintf("routes[%d]", i)
 	if r == nil {
-		v.addAt(v.cfg.Pos["routes"], path, "empty route: it needs prefix, upstream and oauth2")
-		return
+		return // the decoder reported the empty entry
 	}
 	p := r.Pos
 	if r.Prefix != "" {
 		path = fmt.Sprintf("routes[%d] (prefix %q)", i, r.Prefix)
 	}
+	v.missing(p, path, "prefix", r.Prefix, "")
 	if r.Prefix == "" {
-		v.addAt(p[""], path, "missing prefix")
+		// reported by missing
 	} else if msg := checkPrefix(r.Prefix); msg != "" {
 		v.addAt(at(p, "prefix"), path, "prefix %s", msg)
 	} else {
@@ -359,17 +386,16 @@ func (v *validator) route(i int, r *Route, prefixes map[string]int) {
 			prefixes[norm] = i
 		}
 	}
-	if r.Upstream == "" {
-		v.addAt(p[""], path, "missing upstream")
-	} else if u := v.httpURL(p, path, "upstream", r.Upstream, r.InsecureHTTP); u != nil {
-		if u.RawQuery != "" || u.ForceQuery {
-			v.addAt(at(p, "upstream"), path+".upstream", "%q has a query: put the path only", r.Upstream)
+	v.missing(p, path, "upstream", r.Upstream, "")
+	if r.Upstream != "" {
+		if u := v.httpURL(p, path, "upstream", r.Upstream, r.InsecureHTTP); u != nil && (u.RawQuery != "" || u.ForceQuery) {
+			v.addAt(at(p, "upstream"), sub(path, "upstream"), "%q has a query: put the path only", r.Upstream)
 		}
 	}
 	var inject string
 	switch o, ok := v.cfg.OAuth2[r.OAuth2]; {
 	case r.OAuth2 == "":
-		v.addAt(p[""], path, "missing oauth2: which OAuth2 configuration supplies this route's tokens")
+		v.missing(p, path, "oauth2", "", ": which OAuth2 configuration supplies this route's tokens")
 	case !ok:
 		names := make([]string, 0, len(v.cfg.OAuth2))
 		for n := range v.cfg.OAuth2 {
@@ -389,30 +415,30 @@ func (v *validator) route(i int, r *Route, prefixes map[string]int) {
 	for _, code := range r.RetryOn {
 		switch {
 		case code == http.StatusForbidden:
-			v.addAt(at(p, "retry_on"), path+".retry_on", "403 is never retried: the token was valid and lacked permission; a new one will not help")
+			v.addAt(at(p, "retry_on"), sub(path, "retry_on"), "403 is never retried: the token was valid and lacked permission; a new one will not help")
 		case code < 400 || code > 499:
-			v.addAt(at(p, "retry_on"), path+".retry_on", "%d: only 4xx statuses can mean the token was rejected", code)
+			v.addAt(at(p, "retry_on"), sub(path, "retry_on"), "%d: only 4xx statuses can mean the token was rejected", code)
 		}
 	}
 	if *r.RetryBodyLimit < 0 {
-		v.addAt(at(p, "retry_body_limit"), path+".retry_body_limit", "must not be negative")
+		v.addAt(at(p, "retry_body_limit"), sub(path, "retry_body_limit"), "must not be negative")
 	}
 	if r.Timeout <= 0 {
-		v.addAt(at(p, "timeout"), path+".timeout", "must be positive")
+		v.addAt(at(p, "timeout"), sub(path, "timeout"), "must be positive")
 	}
 	for k, val := range r.SetHeaders {
 		switch {
 		case !validHeaderName(k):
-			v.addAt(at(p, "set_headers"), path+".set_headers", "%q is not a header name", k)
+			v.addAt(at(p, "set_headers"), sub(path, "set_headers"), "%q is not a header name", k)
 		case reservedHeader(k) || strings.EqualFold(k, "Authorization") || strings.EqualFold(k, inject):
-			v.addAt(at(p, "set_headers"), path+".set_headers."+k, "set by the proxy")
+			v.addAt(at(p, "set_headers"), sub(path, "set_headers."+k), "set by the proxy")
 		case strings.ContainsAny(val, "\r\n\x00"):
-			v.addAt(at(p, "set_headers"), path+".set_headers."+k, "the value holds a line break or NUL")
+			v.addAt(at(p, "set_headers"), sub(path, "set_headers."+k), "the value holds a line break or NUL")
 		}
 	}
 	for j, k := range r.RemoveHeaders {
 		if !validHeaderName(k) {
-			v.addAt(at(p, "remove_headers"), fmt.Sprintf("%s.remove_headers[%d]", path, j), "%q is not a header name", k)
+			v.addAt(at(p, "remove_headers"), sub(path, fmt.Sprintf("remove_headers[%d]", j)), "%q is not a header name", k)
 		}
 	}
 }

@@ -1,0 +1,241 @@
+package upstreams
+
+import (
+	"errors"
+	"flag"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files")
+
+// env is the environment the tests see: nothing from the real one.
+func env(kv ...string) Resolver {
+	m := map[string]string{}
+	for i := 0; i+1 < len(kv); i += 2 {
+		m[kv[i]] = kv[i+1]
+	}
+	return Resolver{Getenv: func(k string) (string, bool) { v, ok := m[k]; return v, ok }}
+}
+
+func TestExampleConfig(t *testing.T) {
+	data, err := os.ReadFile("../config.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := Parse("config.example.yaml", data, env())
+	if err != nil {
+		t.Fatalf("config.example.yaml does not load:\n%v", err)
+	}
+	if len(cfg.Warnings) > 0 {
+		t.Errorf("config.example.yaml has warnings:\n%v", Problems(cfg.Warnings))
+	}
+	// Every key of the schema appears in the example, so that it cannot go stale.
+	for _, key := range allKeys() {
+		if !strings.Contains(string(data), key+":") {
+			t.Errorf("config.example.yaml does not show the key %q", key)
+		}
+	}
+	if _, err := Build(cfg, Options{}); err != nil {
+		t.Fatalf("Build: %v", err)
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	cfg, err := Parse("c.yaml", []byte(`
+oauth2:
+  a: {token_url: "https://idp/t", client_id: x, client_secret: y}
+routes:
+  - {prefix: /a/, upstream: "https://api/", oauth2: a}
+`), env())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, o := cfg.Routes[0], cfg.OAuth2["a"]
+	checks := []struct {
+		name     string
+		got, exp any
+	}{
+		{"listen", cfg.Listen, DefaultListen},
+		{"admin_listen", cfg.AdminListen, DefaultAdminListen},
+		{"log.format", cfg.Log.Format, "json"},
+		{"grant_type", o.GrantType, "client_credentials"},
+		{"client_auth", o.ClientAuth, "client_secret_basic"},
+		{"inject.format", o.Inject.Format, "Bearer {token}"},
+		{"refresh_before", o.RefreshBefore, 60 * time.Second},
+		{"strip_prefix", *r.StripPrefix, true},
+		{"retry_on", len(r.RetryOn) == 1 && r.RetryOn[0] == 401, true},
+		{"retry_body_limit", *r.RetryBodyLimit, Size(1 << 20)},
+		{"max_body", *r.MaxBody, Size(10 << 20)},
+		{"timeout", r.Timeout, 60 * time.Second},
+		{"read_header_timeout", cfg.Server.ReadHeaderTimeout, 10 * time.Second},
+		{"max_header_bytes", cfg.Server.MaxHeaderBytes, Size(64 << 10)},
+	}
+	for _, c := range checks {
+		if c.got != c.exp {
+			t.Errorf("%s = %v, want %v", c.name, c.got, c.exp)
+		}
+	}
+}
+
+func TestReferences(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "secret"), []byte("from-file\n"), 0o600)
+	os.WriteFile(filepath.Join(dir, "crlf"), []byte("crlf\r\n"), 0o600)
+	res := env("SECRET", "from-env", "EMPTY", "")
+	res.Dir = dir
+	tests := []struct {
+		in, want, err string
+	}{
+		{"plain", "plain", ""},
+		{"${SECRET}", "from-env", ""},
+		{"a-${SECRET}-b", "a-from-env-b", ""},
+		{"${EMPTY}", "", ""},
+		{"${file:" + dir + "/secret}", "from-file", ""},
+		{"${file:secret}", "from-file", ""},
+		{"${file:crlf}", "crlf", ""},
+		{"$${SECRET}", "${SECRET}", ""},
+		{"cost $5", "cost $5", ""},
+		{"${MISSING}", "", "environment variable MISSING is not set"},
+		{"${file:/nonexistent/x}", "", "${file:/nonexistent/x}: no such file or directory"},
+		{"${SECRET", "", "unterminated"},
+		{"${not a name}", "", "not a variable name"},
+	}
+	for _, tc := range tests {
+		got, err := res.expand(tc.in)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("expand(%q) error = %v, want %q", tc.in, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || got != tc.want {
+			t.Errorf("expand(%q) = %q, %v; want %q", tc.in, got, err, tc.want)
+		}
+	}
+}
+
+func TestSecretsAreCollectedAndRedacted(t *testing.T) {
+	cfg, err := Parse("c.yaml", []byte(`
+oauth2:
+  a: {token_url: "https://idp/t", client_id: x, client_secret: "${S}", params: {k: pv}, headers: {X-K: hv}}
+routes:
+  - {prefix: /a/, upstream: "https://api/", oauth2: a}
+`), env("S", "canary-cs"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]bool{}
+	for _, s := range cfg.Secrets() {
+		got[s.Reveal()] = true
+	}
+	for _, want := range []string{"canary-cs", "pv", "hv"} {
+		if !got[want] {
+			t.Errorf("Secrets() misses %q", want)
+		}
+	}
+}
+
+func TestMergeKeys(t *testing.T) {
+	cfg, err := Parse("c.yaml", []byte(`
+oauth2:
+  base: &base {token_url: "https://idp/t", client_id: x, client_secret: y, scopes: [a]}
+  other:
+    <<: *base
+    scopes: [b]
+routes:
+  - {prefix: /a/, upstream: "https://api/", oauth2: base}
+  - {prefix: /b/, upstream: "https://api/", oauth2: other}
+`), env())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o := cfg.OAuth2["other"]; o.TokenURL != "https://idp/t" || o.Scopes[0] != "b" {
+		t.Errorf("merged entry = %+v", o)
+	}
+}
+
+func TestAliasBomb(t *testing.T) {
+	doc := "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+	prev := "a"
+	for _, n := range []string{"b", "c", "d", "e", "f", "g", "h"} {
+		doc += n + ": &" + n + " [*" + prev + ", *" + prev + ", *" + prev + ", *" + prev + ", *" + prev + ", *" + prev + ", *" + prev + ", *" + prev + ", *" + prev + ", *" + prev + "]\n"
+		prev = n
+	}
+	doc += "routes: *h\n"
+	start := time.Now()
+	_, err := Parse("bomb.yaml", []byte(doc), env())
+	if err == nil || time.Since(start) > 5*time.Second {
+		t.Fatalf("alias bomb: err=%v after %v", err, time.Since(start))
+	}
+}
+
+// TestCheckGolden pins the messages `oauthproxy check` prints for broken
+// configs: they are part of the operator interface. -update rewrites them.
+func TestCheckGolden(t *testing.T) {
+	files, _ := filepath.Glob("testdata/check/*.yaml")
+	if len(files) == 0 {
+		t.Fatal("no testdata/check/*.yaml")
+	}
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			data, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = Parse(f, data, env("PRESENT", "x"))
+			var got string
+			var ps Problems
+			switch {
+			case errors.As(err, &ps):
+				got = ps.Error() + "\n"
+			case err != nil:
+				t.Fatalf("Parse: %v", err)
+			default:
+				t.Fatalf("%s loads without problems; it is meant to be broken", f)
+			}
+			golden := strings.TrimSuffix(f, ".yaml") + ".golden"
+			if *update {
+				os.WriteFile(golden, []byte(got), 0o644)
+				return
+			}
+			want, err := os.ReadFile(golden)
+			if err != nil {
+				t.Fatalf("%v (run go test ./upstreams -run TestCheckGolden -update)", err)
+			}
+			if got != string(want) {
+				t.Errorf("problems for %s:\n%s\nwant:\n%s", f, got, want)
+			}
+		})
+	}
+}
+
+// allKeys lists every YAML key of the schema.
+func allKeys() []string {
+	seen := map[string]bool{}
+	var keys []string
+	var walk func(t reflect.Type)
+	walk = func(t reflect.Type) {
+		for _, k := range fieldsOf(t).names {
+			if !seen[k] {
+				seen[k] = true
+				keys = append(keys, k)
+			}
+		}
+		for i := range t.NumField() {
+			ft := t.Field(i).Type
+			for ft.Kind() == reflect.Pointer || ft.Kind() == reflect.Slice || ft.Kind() == reflect.Map {
+				ft = ft.Elem()
+			}
+			if ft.Kind() == reflect.Struct && ft.PkgPath() == t.PkgPath() && ft != t {
+				walk(ft)
+			}
+		}
+	}
+	walk(reflect.TypeOf(Config{}))
+	return keys
+}
