@@ -58,12 +58,14 @@ type routeMetrics struct {
 func (m *metrics) forRoute(label string) *routeMetrics {
 	kv := attribute.String("route", label)
 	set := metric.WithAttributeSet(attribute.NewSet(kv))
-	return &routeMetrics{
+	rm := &routeMetrics{
 		m:        m,
 		route:    kv,
 		duration: []metric.RecordOption{set},
 		retries:  []metric.AddOption{set},
 	}
+	m.retries.Add(context.Background(), 0, rm.retries...) // exported at 0 before the first retry
+	return rm
 }
 
 func (rm *routeMetrics) count(code int) {

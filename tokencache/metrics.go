@@ -76,6 +76,9 @@ func (m *Metrics) register(s *Source) *sourceMetrics {
 		failed:   metric.WithAttributeSet(attribute.NewSet(entry, attribute.String("result", ResultFailed))),
 		entry:    metric.WithAttributeSet(attribute.NewSet(entry)),
 	}
+	for _, opt := range []metric.AddOption{sm.ok, sm.rejected, sm.failed} {
+		m.requests.Add(context.Background(), 0, opt) // exported at 0 before the first failure
+	}
 	m.regOnce.Do(func() {
 		m.reg, _ = m.meter.RegisterCallback(m.observe, m.gauge)
 	})

@@ -187,8 +187,29 @@ func (c *Config) inbound() (proxy.Inbound, error) {
 	return in, nil
 }
 
-// Secrets returns every secret the config holds, for scrubbing logs.
-func (c *Config) Secrets() []tokencache.Secret { return slices.Clone(c.secrets) }
+// Secrets returns the credentials the config holds (client secrets,
+// passwords, refresh tokens, the inbound shared secret), for scrubbing
+// logs. Values shorter than 6 characters are left out: scrubbing them
+// would garble every log line.
+func (c *Config) Secrets() []tokencache.Secret {
+	var out []tokencache.Secret
+	add := func(s tokencache.Secret) {
+		if len(s) >= 6 && !slices.Contains(out, s) {
+			out = append(out, s)
+		}
+	}
+	for _, o := range c.OAuth2 {
+		if o != nil {
+			add(o.ClientSecret)
+			add(o.Password)
+			add(o.RefreshToken)
+		}
+	}
+	if rh := c.Inbound.RequireHeader; rh != nil {
+		add(rh.Value)
+	}
+	return out
+}
 
 // UsedOAuth2 lists the oauth2 entries that routes use, sorted.
 func (c *Config) UsedOAuth2() []string {

@@ -21,17 +21,16 @@ type Config struct {
 	// SocketMode is the file mode of a unix socket, in octal (default 0660).
 	SocketMode string `yaml:"socket_mode"`
 	// AdminListen serves /healthz, /readyz, /metrics and /tokens.
-	AdminListen string              `yaml:"admin_listen"`
-	Log         Log                 `yaml:"log"`
-	Inbound     Inbound             `yaml:"inbound"`
-	Server      Server              `yaml:"server"`
-	OAuth2      map[string]*OAuth2  `yaml:"oauth2"`
-	Routes      []*Route            `yaml:"routes"`
-	File        string              `yaml:"-"` // the file it was loaded from
-	Warnings    []Problem           `yaml:"-"` // what is allowed but worth saying at every start
-	Pos         Positions           `yaml:"-"`
-	secrets     []tokencache.Secret // every secret value, for log scrubbing
-	resolver    Resolver            // to read ${file:...} secrets again
+	AdminListen string             `yaml:"admin_listen"`
+	Log         Log                `yaml:"log"`
+	Inbound     Inbound            `yaml:"inbound"`
+	Server      Server             `yaml:"server"`
+	OAuth2      map[string]*OAuth2 `yaml:"oauth2"`
+	Routes      []*Route           `yaml:"routes"`
+	File        string             `yaml:"-"` // the file it was loaded from
+	Warnings    []Problem          `yaml:"-"` // what is allowed but worth saying at every start
+	Pos         Positions          `yaml:"-"`
+	resolver    Resolver           // to read ${file:...} secrets again
 }
 
 // Log configures logging.

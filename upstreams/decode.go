@@ -16,8 +16,6 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
-
-	"github.com/oauthproxy/oauthproxy/tokencache"
 )
 
 // Load reads, checks and completes the config file at path. Its error is
@@ -44,7 +42,7 @@ func Parse(file string, data []byte, res Resolver) (*Config, error) {
 	if root != nil {
 		d.value(root, reflect.ValueOf(cfg).Elem(), "")
 	}
-	cfg.secrets, cfg.resolver = d.secrets, res
+	cfg.resolver = res
 	cfg.applyDefaults()
 	(&validator{decoder: d, cfg: cfg}).run()
 	if len(d.problems) > 0 {
@@ -64,7 +62,6 @@ type decoder struct {
 	problems Problems
 	warnings Problems
 	nodes    int
-	secrets  []tokencache.Secret
 }
 
 func (d *decoder) add(n *yaml.Node, path, format string, args ...any) {
@@ -134,7 +131,6 @@ func (d *decoder) syntax(err error, data []byte) Problem {
 var (
 	durationType  = reflect.TypeFor[time.Duration]()
 	sizeType      = reflect.TypeFor[Size]()
-	secretType    = reflect.TypeFor[tokencache.Secret]()
 	positionsType = reflect.TypeFor[Positions]()
 )
 
@@ -189,9 +185,6 @@ func (d *decoder) value(n *yaml.Node, v reflect.Value, path string) Pos {
 	case reflect.String:
 		if s, ok := d.scalar(n, path, "a string"); ok {
 			v.SetString(s)
-			if t == secretType && s != "" {
-				d.secrets = append(d.secrets, tokencache.Secret(s))
-			}
 		}
 	case reflect.Bool:
 		if s, ok := d.scalar(n, path, "true or false"); ok {

@@ -1,0 +1,62 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+
+	"github.com/oauthproxy/oauthproxy/upstreams"
+)
+
+func cmdCheck(args []string, stdout, stderr io.Writer) int {
+	f := newFlags("check", "-config FILE", stderr, true)
+	pos, code := f.parse(args)
+	if code >= 0 {
+		return code
+	}
+	if len(pos) > 0 {
+		fmt.Fprintf(stderr, "oauthproxy check: unexpected argument %q\n", pos[0])
+		return 2
+	}
+	cfg, ok := loadConfig(*f.config, stdout)
+	if !ok {
+		return 1
+	}
+	for _, w := range cfg.Warnings {
+		fmt.Fprintf(stdout, "%s:%d:%d: warning: %s\n", w.File, w.Line, w.Col, w.Msg)
+	}
+	names := make([]string, 0, len(cfg.OAuth2))
+	for name := range cfg.OAuth2 {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	fmt.Fprintf(stdout, "%s: ok: %d routes, %d oauth2 entries (%s)\n", cfg.File, len(cfg.Routes), len(cfg.OAuth2), strings.Join(names, ", "))
+	return 0
+}
+
+// loadConfig loads a config and prints its problems, one per line.
+func loadConfig(path string, w io.Writer) (*upstreams.Config, bool) {
+	cfg, err := upstreams.Load(path)
+	if err == nil {
+		return cfg, true
+	}
+	var ps upstreams.Problems
+	if errors.As(err, &ps) {
+		for _, p := range ps {
+			fmt.Fprintln(w, p.Error())
+		}
+		fmt.Fprintf(w, "%s: %d problem%s\n", path, len(ps), plural(len(ps)))
+	} else {
+		fmt.Fprintf(w, "oauthproxy: %v\n", err)
+	}
+	return nil, false
+}
+
+func plural(n int) string {
+	if n == 1 {
+		return ""
+	}
+	return "s"
+}
