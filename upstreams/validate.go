@@ -284,12 +284,13 @@ func (v *validator) oauth2(name string, o *OAuth2) {
 			v.addAt(at(p, "resource"), path+".resource", "%q: RFC 8707 wants an absolute URI without a fragment", o.Resource)
 		}
 	}
-	for k := range o.Params {
+	for _, k := range sortedKeys(o.Params) {
 		if use, ok := reservedParams[k]; ok {
 			v.addAt(at(p, "params"), path+".params."+k, "set by the proxy: use the %s key instead", use)
 		}
 	}
-	for k, val := range o.Headers {
+	for _, k := range sortedKeys(o.Headers) {
+		val := o.Headers[k]
 		switch {
 		case !validHeaderName(k):
 			v.addAt(at(p, "headers"), path+".headers", "%q is not a header name", k)
@@ -426,7 +427,8 @@ func (v *validator) route(i int, r *Route, prefixes map[string]int) {
 	if r.Timeout <= 0 {
 		v.addAt(at(p, "timeout"), sub(path, "timeout"), "must be positive")
 	}
-	for k, val := range r.SetHeaders {
+	for _, k := range sortedKeys(r.SetHeaders) {
+		val := r.SetHeaders[k]
 		switch {
 		case !validHeaderName(k):
 			v.addAt(at(p, "set_headers"), sub(path, "set_headers"), "%q is not a header name", k)
@@ -468,6 +470,16 @@ func NormalizePrefix(s string) string {
 		return t
 	}
 	return "/"
+}
+
+// sortedKeys makes problems come out in the same order every run.
+func sortedKeys[M ~map[string]V, V any](m M) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
 }
 
 func validName(s string) bool {
