@@ -283,31 +283,13 @@ func (rt *route) rewrite(pr *httputil.ProxyRequest) {
 	out.URL.RawQuery, out.URL.ForceQuery = in.URL.RawQuery, in.URL.ForceQuery
 	out.Host = "" // the upstream's host, from out.URL
 
-	hdr := out.Header
-	for k := range hdr {
-		if rt.drop(k) {
-			delete(hdr, k)
-		}
-	}
+	rt.sanitize(out.Header)
 	if rt.ForwardedHeaders {
 		pr.SetXForwarded()
 	}
 	for k, v := range rt.set {
-		hdr[k] = v
+		out.Header[k] = v
 	}
-}
-
-// drop reports whether an incoming header must not reach the upstream:
-// credentials, forwarding claims, names with underscores (which some
-// servers read as dashes), and the route's remove_headers.
-func (rt *route) drop(k string) bool {
-	switch k {
-	case "Authorization", "Proxy-Authorization", "Forwarded", "X-Real-Ip", "Cookie2":
-		return true
-	case rt.header, rt.inbound:
-		return true
-	}
-	return strings.HasPrefix(k, "X-Forwarded-") || strings.IndexByte(k, '_') >= 0 || rt.remove[k]
 }
 
 func (rt *route) modifyResponse(resp *http.Response) error {

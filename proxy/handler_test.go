@@ -570,3 +570,28 @@ func TestSSEFlushesEachEvent(t *testing.T) {
 		next <- struct{}{} // the upstream sends the next event only now
 	}
 }
+
+func TestUpstreamProxy(t *testing.T) {
+	var proxied atomic.Int64
+	fwd := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		proxied.Add(1)
+		if r.URL.Host != "api.invalid" || r.Header.Get("Authorization") != "Bearer tok1" {
+			t.Errorf("proxy got %s %v", r.URL, r.Header)
+		}
+		io.WriteString(w, "via proxy")
+	}))
+	defer fwd.Close()
+	t.Setenv("HTTP_PROXY", fwd.URL)
+	t.Setenv("http_proxy", fwd.URL)
+
+	direct := testRoute(t, "/direct/", "http://api.invalid/")
+	viaProxy := testRoute(t, "/via/", "http://api.invalid/")
+	viaProxy.Transport = NewTransport(TransportOptions{Proxy: mustURL(t, fwd.URL)})
+	base, _ := newProxy(t, Options{}, direct, viaProxy)
+	if r, _ := get(t, base+"/direct/x"); r.StatusCode != 502 || proxied.Load() != 0 {
+		t.Errorf("without a proxy: %d, proxied=%d; HTTP_PROXY must be ignored", r.StatusCode, proxied.Load())
+	}
+	if r, body := get(t, base+"/via/x"); r.StatusCode != 200 || string(body) != "via proxy" {
+		t.Errorf("through the proxy: %d %s", r.StatusCode, body)
+	}
+}

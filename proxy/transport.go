@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"slices"
 	"time"
 )
@@ -18,11 +19,14 @@ type TransportOptions struct {
 	TLSHandshakeTimeout   time.Duration // default 10s
 	MaxIdleConnsPerHost   int           // default 256
 	TLS                   *tls.Config
+	// Proxy is an HTTP(S) or SOCKS5 proxy to reach the upstream through;
+	// nil is none. The environment's HTTP_PROXY is never used.
+	Proxy *url.URL
 }
 
-// NewTransport returns a pooled transport to an upstream. It never uses a
-// proxy from the environment, and passes Accept-Encoding and
-// Content-Encoding through untouched.
+// NewTransport returns a pooled transport to an upstream. It uses no proxy
+// but o.Proxy, and passes Accept-Encoding and Content-Encoding through
+// untouched.
 func NewTransport(o TransportOptions) *http.Transport {
 	if o.DialTimeout <= 0 {
 		o.DialTimeout = 10 * time.Second
@@ -33,8 +37,12 @@ func NewTransport(o TransportOptions) *http.Transport {
 	if o.MaxIdleConnsPerHost <= 0 {
 		o.MaxIdleConnsPerHost = 256
 	}
+	var proxy func(*http.Request) (*url.URL, error)
+	if o.Proxy != nil {
+		proxy = http.ProxyURL(o.Proxy)
+	}
 	return &http.Transport{
-		Proxy:                 nil,
+		Proxy:                 proxy,
 		DialContext:           (&net.Dialer{Timeout: o.DialTimeout, KeepAlive: 30 * time.Second}).DialContext,
 		ForceAttemptHTTP2:     true,
 		MaxIdleConnsPerHost:   o.MaxIdleConnsPerHost,

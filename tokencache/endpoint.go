@@ -105,7 +105,10 @@ type Endpoint struct {
 	AnyTokenType bool
 	// Timeout bounds one token request, connection included.
 	Timeout time.Duration
-	// Client sends the requests. Nil means NewHTTPClient(Timeout, nil).
+	// Proxy is an HTTP(S) or SOCKS5 proxy for token requests. The
+	// environment's HTTP_PROXY is never used: only this.
+	Proxy *url.URL
+	// Client sends the requests. Nil means NewHTTPClient(Timeout, Proxy).
 	Client *http.Client
 }
 
@@ -120,21 +123,23 @@ const (
 )
 
 // NewHTTPClient returns the client a token endpoint is called with: its own
-// transport with timeouts, no cookie jar, no proxy from the environment, and
-// no redirects followed (a 307 would re-send the client secret elsewhere).
-func NewHTTPClient(timeout time.Duration, tr *http.Transport) *http.Client {
+// transport with timeouts, no cookie jar, no proxy but the one given (never
+// the environment's), and no redirects followed (a 307 would re-send the
+// client secret elsewhere).
+func NewHTTPClient(timeout time.Duration, proxy *url.URL) *http.Client {
 	if timeout <= 0 {
 		timeout = DefaultTimeout
 	}
-	if tr == nil {
-		tr = &http.Transport{
-			DialContext:           (&net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}).DialContext,
-			TLSHandshakeTimeout:   timeout,
-			ResponseHeaderTimeout: timeout,
-			MaxIdleConnsPerHost:   2,
-			IdleConnTimeout:       90 * time.Second,
-			ForceAttemptHTTP2:     true,
-		}
+	tr := &http.Transport{
+		DialContext:           (&net.Dialer{Timeout: timeout, KeepAlive: 30 * time.Second}).DialContext,
+		TLSHandshakeTimeout:   timeout,
+		ResponseHeaderTimeout: timeout,
+		MaxIdleConnsPerHost:   2,
+		IdleConnTimeout:       90 * time.Second,
+		ForceAttemptHTTP2:     true,
+	}
+	if proxy != nil {
+		tr.Proxy = http.ProxyURL(proxy)
 	}
 	return &http.Client{
 		Timeout:   timeout,
@@ -169,7 +174,7 @@ func newRequest(ep *Endpoint) (*request, error) {
 	}
 	r := &request{ep: ep, endpoint: safeURL(u), client: ep.Client, fields: ep.Fields.withDefaults()}
 	if r.client == nil {
-		r.client = NewHTTPClient(ep.Timeout, nil)
+		r.client = NewHTTPClient(ep.Timeout, ep.Proxy)
 	}
 	if ep.ClientAuth != ClientSecretBasic {
 		r.static = append(r.static, param{"client_id", Secret(ep.ClientID)})

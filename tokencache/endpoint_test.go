@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -225,5 +226,34 @@ func TestRequestErrors(t *testing.T) {
 				t.Errorf("code=%q permanent=%v retry=%v; want %q %v %v", te.Code, te.Permanent, te.RetryAfter, tc.wantCode, tc.permanent, tc.retry)
 			}
 		})
+	}
+}
+
+// TestProxy: token requests go through proxy_url when one is set, and
+// never through the environment's HTTP_PROXY.
+func TestProxy(t *testing.T) {
+	var proxied atomic.Int64
+	fwd := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		proxied.Add(1)
+		if r.URL.Host != "idp.invalid" { // a forward proxy sees the absolute URL
+			t.Errorf("proxy got %s", r.URL)
+		}
+		io.WriteString(w, `{"access_token":"via-proxy","expires_in":60}`)
+	}))
+	defer fwd.Close()
+	proxyURL, _ := url.Parse(fwd.URL)
+
+	t.Setenv("HTTP_PROXY", fwd.URL)
+	t.Setenv("http_proxy", fwd.URL)
+	plain, _ := New(Config{Endpoint: Endpoint{Name: "e", TokenURL: "http://idp.invalid/token", ClientID: "i", ClientSecret: "s", Timeout: time.Second},
+		Grant: Grant{Type: GrantClientCredentials}})
+	if _, err := plain.Token(context.Background()); err == nil || proxied.Load() != 0 {
+		t.Errorf("without proxy_url: err=%v, proxied=%d; HTTP_PROXY must be ignored", err, proxied.Load())
+	}
+
+	via, _ := New(Config{Endpoint: Endpoint{Name: "e", TokenURL: "http://idp.invalid/token", ClientID: "i", ClientSecret: "s", Proxy: proxyURL},
+		Grant: Grant{Type: GrantClientCredentials}})
+	if tok, err := via.Token(context.Background()); err != nil || tok != "via-proxy" || proxied.Load() != 1 {
+		t.Errorf("with proxy_url: %q, %v, proxied=%d", tok, err, proxied.Load())
 	}
 }

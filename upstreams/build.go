@@ -67,11 +67,15 @@ func Build(cfg *Config, opts Options) (*Runtime, error) {
 		if err != nil {
 			return nil, fmt.Errorf("route %q: %w", r.Prefix, err)
 		}
-		// One pooled transport per upstream origin (and timeout).
-		key := up.Scheme + "://" + up.Host + " " + r.Timeout.String()
+		// One pooled transport per upstream origin (and timeout, and proxy).
+		key := up.Scheme + "://" + up.Host + " " + r.Timeout.String() + " " + r.ProxyURL.Reveal()
 		tr, ok := transports[key]
 		if !ok {
-			tr = proxy.NewTransport(proxy.TransportOptions{ResponseHeaderTimeout: r.Timeout})
+			via, err := parseProxyURL(r.ProxyURL)
+			if err != nil {
+				return nil, fmt.Errorf("route %q: proxy_url: %w", r.Prefix, err)
+			}
+			tr = proxy.NewTransport(proxy.TransportOptions{ResponseHeaderTimeout: r.Timeout, Proxy: via})
 			transports[key] = tr
 		}
 		routes = append(routes, proxy.Route{
@@ -115,6 +119,10 @@ func NewSource(cfg *Config, name string, opts Options) (*tokencache.Source, erro
 		"client_secret_post":  tokencache.ClientSecretPost,
 		"none":                tokencache.ClientAuthNone,
 	}[o.ClientAuth]
+	via, err := parseProxyURL(o.ProxyURL)
+	if err != nil {
+		return nil, fmt.Errorf("oauth2 %q: proxy_url: %w", name, err)
+	}
 	format := tokencache.FormRequest
 	if o.RequestFormat == "json" {
 		format = tokencache.JSONRequest
@@ -142,6 +150,7 @@ func NewSource(cfg *Config, name string, opts Options) (*tokencache.Source, erro
 			DefaultTTL:   o.DefaultTTL,
 			AnyTokenType: !strings.HasPrefix(strings.ToLower(o.Inject.Format), "bearer "),
 			Timeout:      o.Timeout,
+			Proxy:        via,
 		},
 		Grant: tokencache.Grant{
 			Type:         o.GrantType,

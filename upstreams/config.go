@@ -96,6 +96,9 @@ type OAuth2 struct {
 	Timeout       time.Duration                `yaml:"timeout"`        // default 10s
 	Inject        Inject                       `yaml:"inject"`
 	InsecureHTTP  bool                         `yaml:"insecure_http"`
+	// ProxyURL sends token requests through an HTTP(S) or SOCKS5 proxy.
+	// It may hold credentials, so it is a secret. HTTP_PROXY is never used.
+	ProxyURL tokencache.Secret `yaml:"proxy_url"`
 
 	Name string    `yaml:"-"`
 	Pos  Positions `yaml:"-"`
@@ -135,6 +138,7 @@ type Route struct {
 	MaxBody          *Size             `yaml:"max_body"` // default 10MiB; 0 is unlimited
 	RewriteLocation  bool              `yaml:"rewrite_location"`
 	InsecureHTTP     bool              `yaml:"insecure_http"`
+	ProxyURL         tokencache.Secret `yaml:"proxy_url"` // reach the upstream through a proxy
 	Pos              Positions         `yaml:"-"`
 }
 

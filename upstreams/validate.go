@@ -315,6 +315,7 @@ func (v *validator) oauth2(name string, o *OAuth2) {
 	if o.Timeout <= 0 {
 		v.addAt(at(p, "timeout"), path+".timeout", "must be positive")
 	}
+	v.proxyURL(p, path, o.ProxyURL)
 	ip := o.Inject.Pos
 	if !validHeaderName(o.Inject.Header) {
 		v.addAt(at(ip, "header"), path+".inject.header", "%q is not a header name", o.Inject.Header)
@@ -413,6 +414,7 @@ func (v *validator) route(i int, r *Route, prefixes map[string]int) {
 	case o != nil:
 		inject = o.Inject.Header
 	}
+	v.proxyURL(p, path, r.ProxyURL)
 	for _, code := range r.RetryOn {
 		switch {
 		case code == http.StatusForbidden:
@@ -443,6 +445,32 @@ func (v *validator) route(i int, r *Route, prefixes map[string]int) {
 			v.addAt(at(p, "remove_headers"), sub(path, fmt.Sprintf("remove_headers[%d]", j)), "%q is not a header name", k)
 		}
 	}
+}
+
+// proxyURL checks an outbound proxy. The message never repeats the URL:
+// it may hold credentials.
+func (v *validator) proxyURL(ps Positions, path string, s tokencache.Secret) {
+	if s == "" {
+		return
+	}
+	if _, err := parseProxyURL(s); err != nil {
+		v.addAt(at(ps, "proxy_url"), sub(path, "proxy_url"), "%v", err)
+	}
+}
+
+func parseProxyURL(s tokencache.Secret) (*url.URL, error) {
+	if s == "" {
+		return nil, nil
+	}
+	u, err := url.Parse(s.Reveal())
+	if err != nil || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" {
+		return nil, fmt.Errorf("not a proxy URL like http://proxy.internal:3128")
+	}
+	switch u.Scheme {
+	case "http", "https", "socks5", "socks5h":
+		return u, nil
+	}
+	return nil, fmt.Errorf("scheme %q: want http, https, socks5 or socks5h", u.Scheme)
 }
 
 // checkPrefix says what is wrong with a route prefix, or "".
