@@ -2,7 +2,9 @@ package proxy
 
 import (
 	"net/http"
+	"net/url"
 	"strings"
+	"unicode/utf8"
 )
 
 // targetPath returns the escaped path of r's request target, which must be
@@ -32,6 +34,8 @@ func targetPath(r *http.Request) (string, bool) {
 //   - encoded dot segments (%2e, .%2e, %2e%2e) and dot segments with path
 //     parameters ("..;x", which Tomcat reads as "..");
 //   - double-encoded dots, slashes and backslashes (%252e, %252f, %255c);
+//   - percent-encoded bytes that are not UTF-8 (overlong %c0%ae reads as
+//     "." on some servers);
 //   - ".." that would climb above the path's root.
 //
 // Plain "." and ".." segments and empty segments are resolved. The result
@@ -43,7 +47,7 @@ func cleanPath(p string) (string, bool) {
 	if p[0] != '/' {
 		return "", false
 	}
-	rewrite := false
+	rewrite, high := false, false
 	segStart := 1
 	for i := 1; i <= len(p); i++ {
 		if i == len(p) || p[i] == '/' {
@@ -68,6 +72,8 @@ func cleanPath(p string) (string, bool) {
 			switch d := unhex(p[i+1])<<4 | unhex(p[i+2]); {
 			case d == '/' || d == '\\' || d < 0x20 || d == 0x7f:
 				return "", false
+			case d >= 0x80:
+				high = true
 			case d == '%' && i+4 < len(p) && isHex(p[i+3]) && isHex(p[i+4]):
 				switch unhex(p[i+3])<<4 | unhex(p[i+4]) {
 				case '.', '/', '\\':
@@ -75,6 +81,11 @@ func cleanPath(p string) (string, bool) {
 				}
 			}
 			i += 2
+		}
+	}
+	if high {
+		if dec, err := url.PathUnescape(p); err != nil || !utf8.ValidString(dec) {
+			return "", false
 		}
 	}
 	if !rewrite {

@@ -52,6 +52,11 @@ func TestCleanPath(t *testing.T) {
 		{"/%255c", "!"},
 		{"/%25/ok", "/%25/ok"},
 		{"/a#frag", "!"},
+		{"/%c0%ae%c0%ae/admin", "!"},
+		{"/%e0%80%ae", "!"},
+		{"/%ff", "!"},
+		{"/caf%c3%a9", "/caf%c3%a9"},
+		{"/%e2%82%ac", "/%e2%82%ac"},
 		{"no-slash", "!"},
 	}
 	for _, tc := range tests {
