@@ -227,8 +227,8 @@ func TestAttackSmuggling(t *testing.T) {
 	smuggled := "GET /secret/smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
 	chunk := fmt.Sprintf("%x\r\n%s\r\n0\r\n\r\n", len(smuggled), smuggled)
 	for name, req := range map[string]string{
-		"CL.TE": "POST /api/x HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Proxy-Key: " + a.key + "\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk,
-		"TE.CL": "POST /api/x HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Proxy-Key: " + a.key + "\r\nTransfer-Encoding: chunked\r\nContent-Length: " + fmt.Sprint(len(chunk)+10) + "\r\n\r\n" + chunk,
+		"CL.TE":                   "POST /api/x HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Proxy-Key: " + a.key + "\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk,
+		"TE.CL":                   "POST /api/x HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Proxy-Key: " + a.key + "\r\nTransfer-Encoding: chunked\r\nContent-Length: " + fmt.Sprint(len(chunk)+10) + "\r\n\r\n" + chunk,
 		"CL body holds a request": "POST /api/x HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Proxy-Key: " + a.key + "\r\nContent-Length: " + fmt.Sprint(len(smuggled)) + "\r\n\r\n" + smuggled,
 	} {
 		before := a.api.hits.Load()
