@@ -62,6 +62,7 @@ type decoder struct {
 	problems Problems
 	warnings Problems
 	nodes    int
+	failed   map[[2]int]bool // line, col of every problem
 }
 
 func (d *decoder) add(n *yaml.Node, path, format string, args ...any) {
@@ -70,7 +71,12 @@ func (d *decoder) add(n *yaml.Node, path, format string, args ...any) {
 
 // addAt records a problem at p; path says which key, as a.b[2].c.
 func (d *decoder) addAt(p Pos, path, format string, args ...any) {
-	d.problems = append(d.problems, d.problem(p, path, format, args...))
+	pr := d.problem(p, path, format, args...)
+	d.problems = append(d.problems, pr)
+	if d.failed == nil {
+		d.failed = map[[2]int]bool{}
+	}
+	d.failed[[2]int{pr.Line, pr.Col}] = true
 }
 
 // warnAt records something allowed but worth saying at every start.

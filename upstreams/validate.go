@@ -89,14 +89,7 @@ func (v *validator) missing(ps Positions, path, key, val, why string) {
 }
 
 // failedAt reports whether a problem was already recorded at p.
-func (v *validator) failedAt(p Pos) bool {
-	for _, q := range v.problems {
-		if q.Line == p.Line && q.Col == p.Col {
-			return true
-		}
-	}
-	return false
-}
+func (v *validator) failedAt(p Pos) bool { return v.failed[[2]int{p.Line, p.Col}] }
 
 // sub names key under path: oauth2.corp.token_url, or for a route
 // `routes[0] (prefix "/a/"): upstream`.
