@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 
@@ -66,7 +67,8 @@ func oauthproxyHandler(b *testing.B, up *url.URL) http.Handler {
 	h, err := proxy.NewHandler([]proxy.Route{{
 		Prefix: "/api/", Upstream: up, StripPrefix: true, OAuth2: "bench", Tokens: cachedSource(b),
 		RetryOn: []int{401}, RetryBodyLimit: 1 << 20, MaxBody: 10 << 20,
-		Transport: proxy.NewTransport(proxy.TransportOptions{}),
+		// As shipped: the route's timeout bounds the wait for response headers.
+		Transport: proxy.NewTransport(proxy.TransportOptions{ResponseHeaderTimeout: time.Minute}),
 	}}, proxy.Options{Meter: mp.Meter("bench")})
 	if err != nil {
 		b.Fatal(err)

@@ -239,7 +239,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.reject(w, r, h.none, "", "", http.StatusNotFound, CodeNoRoute, "no route matches "+trim(path, 200))
 		return
 	}
-	if _, ok := rt.outPath(rest); !ok {
+	if _, ok := cleanPath(rest); !ok { // Rewrite builds the path; here it is only checked
 		h.reject(w, r, rt.met, rt.Prefix, rt.OAuth2, http.StatusBadRequest, CodeBadPath,
 			"the path leaves its route prefix, or holds an encoded slash, backslash, dot segment or control character")
 		return

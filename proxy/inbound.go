@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"fmt"
-	"net"
 	"net/http"
 	"net/netip"
 	"strings"
@@ -116,7 +115,8 @@ func (g *guard) hostAllowed(host string) bool {
 	if strings.HasPrefix(h, "[") && strings.HasSuffix(h, "]") {
 		h = h[1 : len(h)-1]
 	}
-	return net.ParseIP(h) != nil
+	_, err := netip.ParseAddr(h)
+	return err == nil
 }
 
 // constantTimeEqual compares without an early exit on the first
