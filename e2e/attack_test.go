@@ -48,24 +48,9 @@ routes:
 	return a
 }
 
-// raw sends bytes as written and reads one response. It returns status 0
-// when the proxy closes the connection without answering.
 func (a *attackTarget) raw(t *testing.T, req string) (int, string, string) {
 	t.Helper()
-	conn, err := net.Dial("tcp", strings.TrimPrefix(a.p.base, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(5 * time.Second))
-	io.WriteString(conn, req)
-	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
-	if err != nil {
-		return 0, "", ""
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, resp.Header.Get("X-Oauthproxy-Error"), string(body)
+	return rawExchange(t, a.p.base, req)
 }
 
 // get is a GET request line and headers; Host: 127.0.0.1 unless headers

@@ -99,17 +99,21 @@ func (b *pool) Get() []byte {
 }
 func (b *pool) Put(v []byte) { b.p.Put(&v) }
 
+type benchCase struct {
+	name string
+	h    http.Handler
+}
+
+// handlers are the floor and oauthproxy, in front of one loopback upstream.
+func handlers(b *testing.B) []benchCase {
+	up := upstream(b)
+	return []benchCase{{"bare-reverseproxy", bareHandler(up)}, {"oauthproxy", oauthproxyHandler(b, up)}}
+}
+
 // BenchmarkServeHTTP calls the handler directly, so that only the proxy's
 // own work and the loopback round trip to the upstream are measured.
 func BenchmarkServeHTTP(b *testing.B) {
-	up := upstream(b)
-	for _, tc := range []struct {
-		name string
-		h    http.Handler
-	}{
-		{"bare-reverseproxy", bareHandler(up)},
-		{"oauthproxy", oauthproxyHandler(b, up)},
-	} {
+	for _, tc := range handlers(b) {
 		b.Run(tc.name, func(b *testing.B) {
 			b.ReportAllocs()
 			b.RunParallel(func(pb *testing.PB) {
@@ -130,14 +134,7 @@ func BenchmarkServeHTTP(b *testing.B) {
 // BenchmarkLoopback adds a client and an inbound server: the whole path an
 // app's request takes, minus the app.
 func BenchmarkLoopback(b *testing.B) {
-	up := upstream(b)
-	for _, tc := range []struct {
-		name string
-		h    http.Handler
-	}{
-		{"bare-reverseproxy", bareHandler(up)},
-		{"oauthproxy", oauthproxyHandler(b, up)},
-	} {
+	for _, tc := range handlers(b) {
 		b.Run(tc.name, func(b *testing.B) {
 			srv := httptest.NewServer(tc.h)
 			defer srv.Close()

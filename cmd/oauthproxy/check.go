@@ -11,18 +11,9 @@ import (
 )
 
 func cmdCheck(args []string, stdout, stderr io.Writer) int {
-	f := newFlags("check", "-config FILE", stderr, true)
-	pos, code := f.parse(args)
-	if code >= 0 {
+	cfg, code := newFlags("check", "-config FILE", stderr, true).load(args, stdout)
+	if cfg == nil {
 		return code
-	}
-	if len(pos) > 0 {
-		fmt.Fprintf(stderr, "oauthproxy check: unexpected argument %q\n", pos[0])
-		return 2
-	}
-	cfg, ok := loadConfig(*f.config, stdout)
-	if !ok {
-		return 1
 	}
 	for _, w := range cfg.Warnings {
 		fmt.Fprintf(stdout, "%s:%d:%d: warning: %s\n", w.File, w.Line, w.Col, w.Msg)

@@ -17,6 +17,8 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
+
+	"github.com/oauthproxy/oauthproxy/upstreams"
 )
 
 // version is set at build time with -ldflags "-X main.version=v1.2.3".
@@ -96,6 +98,24 @@ func newFlags(name, args string, stderr io.Writer, withConfig bool) *flags {
 		fs.PrintDefaults()
 	}
 	return f
+}
+
+// load parses a command that takes -config and no arguments, and loads
+// the config; problems go to w. It returns an exit code when it fails.
+func (f *flags) load(args []string, w io.Writer) (*upstreams.Config, int) {
+	pos, code := f.parse(args)
+	if code >= 0 {
+		return nil, code
+	}
+	if len(pos) > 0 {
+		fmt.Fprintf(f.Output(), "oauthproxy %s: unexpected argument %q\n", f.Name(), pos[0])
+		return nil, 2
+	}
+	cfg, ok := loadConfig(*f.config, w)
+	if !ok {
+		return nil, 1
+	}
+	return cfg, -1
 }
 
 // parse returns the positional arguments, or an exit code for a usage error.

@@ -19,18 +19,9 @@ import (
 )
 
 func cmdRun(args []string, stderr io.Writer) int {
-	f := newFlags("run", "-config FILE", stderr, true)
-	pos, code := f.parse(args)
-	if code >= 0 {
+	cfg, code := newFlags("run", "-config FILE", stderr, true).load(args, stderr)
+	if cfg == nil {
 		return code
-	}
-	if len(pos) > 0 {
-		fmt.Fprintf(stderr, "oauthproxy run: unexpected argument %q\n", pos[0])
-		return 2
-	}
-	cfg, ok := loadConfig(*f.config, stderr)
-	if !ok {
-		return 1
 	}
 	log, err := newLogger(stderr, cfg.Log.Level, cfg.Log.Format, cfg.Secrets())
 	if err != nil {
