@@ -419,8 +419,8 @@ func (s *Source) succeeded(t *Token, refresh string) {
 	s.mu.Lock()
 	recovered := s.lastErr != nil
 	s.lastOK, s.lastErr, s.failures, s.retryAt = now, nil, 0, time.Time{}
-	if refresh != "" {
-		s.refresh = Secret(refresh)
+	if refresh != "" && s.grant.Type != GrantClientCredentials {
+		s.refresh = Secret(refresh) // a rotated refresh token replaces the old one
 	}
 	s.mu.Unlock()
 	s.cur.Store(t)

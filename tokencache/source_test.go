@@ -434,3 +434,26 @@ func TestBackgroundRenewal(t *testing.T) {
 		t.Error("renewal went on after Close")
 	}
 }
+
+// TestClientCredentialsIgnoresRefreshTokens: RFC 6749 §4.4.3 says no
+// refresh token should come back; if one does, renewals still use the
+// client credentials.
+func TestClientCredentialsIgnoresRefreshTokens(t *testing.T) {
+	var grants []string
+	var mu sync.Mutex
+	i := newIdP(t, func(n int64, r *http.Request) (int, string) {
+		r.ParseForm()
+		mu.Lock()
+		grants = append(grants, r.PostForm.Get("grant_type"))
+		mu.Unlock()
+		return 200, fmt.Sprintf(`{"access_token":"a%d","refresh_token":"r%d","expires_in":3600}`, n, n)
+	})
+	s := newSource(t, i.URL, func(c *Config) { c.ForceInterval = time.Nanosecond })
+	tok, _ := s.Token(context.Background())
+	time.Sleep(minFetchInterval)
+	s.Invalidate(tok)
+	s.Token(context.Background())
+	if fmt.Sprint(grants) != "[client_credentials client_credentials]" {
+		t.Errorf("grants = %v", grants)
+	}
+}
