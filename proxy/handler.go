@@ -144,7 +144,8 @@ type route struct {
 	rp       *httputil.ReverseProxy
 	met      *routeMetrics
 	log      *slog.Logger
-	location string // upstream URL prefix that rewrite_location maps back
+	location string // upstream URL prefix that rewrite_location maps back...
+	locTo    string // ...to this
 }
 
 var bufPool = &byteBufferPool{}
@@ -188,7 +189,11 @@ func (h *Handler) newRoute(r Route) (*route, error) {
 	if rt.root == "" {
 		rt.root = "/"
 	}
-	rt.location = rt.origin + rt.base + "/"
+	// Without strip_prefix the upstream path already holds the prefix.
+	rt.location, rt.locTo = rt.origin+rt.base+"/", rt.prefix+"/"
+	if !r.StripPrefix {
+		rt.locTo = "/"
+	}
 	for k, v := range r.SetHeaders {
 		rt.set[http.CanonicalHeaderKey(k)] = []string{v}
 	}
@@ -297,7 +302,7 @@ func (rt *route) modifyResponse(resp *http.Response) error {
 	if rt.RewriteLocation {
 		if loc := resp.Header.Get("Location"); loc != "" {
 			if rest, ok := strings.CutPrefix(loc, rt.location); ok {
-				resp.Header.Set("Location", rt.prefix+"/"+rest)
+				resp.Header.Set("Location", rt.locTo+rest)
 			}
 		}
 	}

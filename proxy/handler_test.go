@@ -482,6 +482,27 @@ func TestRewriteLocation(t *testing.T) {
 	if loc := resp.Header.Get("Location"); loc != "/example/orders/7" {
 		t.Errorf("Location = %q", loc)
 	}
+
+	// Without strip_prefix the upstream's paths hold the prefix already.
+	up2 := newUpstream(t, func(w http.ResponseWriter, r *http.Request, body []byte) {
+		w.Header().Set("Location", "http://"+r.Host+"/v2/example/orders/7")
+		w.WriteHeader(201)
+	})
+	r2 := testRoute(t, "/example/", up2.URL+"/v2/")
+	r2.RewriteLocation, r2.StripPrefix = true, false
+	base2, _ := newProxy(t, Options{}, r2)
+	resp, _ = get(t, base2+"/example/orders")
+	if loc := resp.Header.Get("Location"); loc != "/example/orders/7" {
+		t.Errorf("strip_prefix false: Location = %q", loc)
+	}
+	// A Location elsewhere is left alone.
+	r3 := testRoute(t, "/other/", up2.URL+"/elsewhere/")
+	r3.RewriteLocation = true
+	base3, _ := newProxy(t, Options{}, r3)
+	resp, _ = get(t, base3+"/other/x")
+	if loc := resp.Header.Get("Location"); !strings.HasSuffix(loc, "/v2/example/orders/7") || !strings.HasPrefix(loc, "http://") {
+		t.Errorf("foreign Location rewritten: %q", loc)
+	}
 }
 
 func TestInboundGuard(t *testing.T) {
