@@ -7,10 +7,13 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // TestPasswordGrant: a service account (the Infor ION API Gateway way):
@@ -163,4 +166,46 @@ func TestColdBurst(t *testing.T) {
 		t.Errorf("token requests for a cold burst of %d = %d, want 1", n, got)
 	}
 	t.Logf("cold burst of %d concurrent requests: %d token request(s)", n, idp.hits.Load())
+}
+
+// TestClientSecretRotation: the client secret lives in a file (a Kubernetes
+// secret). It is rotated: the IdP stops taking the old one, the file gets
+// the new one. The next renewal is refused with invalid_client, the proxy
+// reads the file again, and carries on with the new secret: no restart.
+func TestClientSecretRotation(t *testing.T) {
+	oldSecret, newSecret := randomString("cs-old-"), randomString("cs-new-")
+	addCanary(oldSecret, newSecret)
+	var mu sync.Mutex
+	accepted := oldSecret
+	idp := newTokenServer(t, nil)
+	idp.reply = func(n int64, req tokenRequest) (int, map[string]string, string) {
+		mu.Lock()
+		defer mu.Unlock()
+		if req.basicPass != accepted {
+			return 401, nil, `{"error":"invalid_client"}`
+		}
+		return 200, nil, idp.okBody(idp.issue(), 3600, "")
+	}
+	file := filepath.Join(t.TempDir(), "client-secret")
+	os.WriteFile(file, []byte(oldSecret+"\n"), 0o600)
+	up := newAPI(t, idp.verify)
+	p := startProxy(t, config(up.URL, "    token_url: "+idp.URL+"/t\n    client_id: a\n    client_secret: ${file:"+file+"}"))
+	if r := get(t, p.base+"/api/x"); r.status != 200 {
+		t.Fatalf("%d %s", r.status, r.body)
+	}
+
+	mu.Lock()
+	accepted = newSecret
+	mu.Unlock()
+	os.WriteFile(file, []byte(newSecret+"\n"), 0o600)
+	up.mu.Lock()
+	up.reject = func(n int64, tok string) bool { return n == 2 } // the old token is revoked too
+	up.mu.Unlock()
+	time.Sleep(1100 * time.Millisecond) // past the pacing floor between token requests
+	if r := get(t, p.base+"/api/x"); r.status != 200 {
+		t.Fatalf("after rotation: %d %s", r.status, r.body)
+	}
+	if len(p.logLines("the client secret changed on disk; trying the new one")) != 1 {
+		t.Errorf("no log line about the rotation:\n%s", p.out)
+	}
 }
