@@ -210,11 +210,19 @@ func safeURL(u *url.URL) string {
 // do sends one token request with the grant's parameters and parses the answer.
 // secrets lists values (refresh token, password) to scrub from IdP text.
 func (r *request) do(ctx context.Context, grant []param, secrets ...Secret) (*response, error) {
+	resp, raw, err := r.send(ctx, grant)
+	if err != nil {
+		return nil, err
+	}
+	return r.interpret(resp, raw, append([]Secret{r.ep.ClientSecret}, secrets...))
+}
+
+// send posts the request and reads at most 1 MiB of the answer.
+func (r *request) send(ctx context.Context, grant []param) (*http.Response, []byte, error) {
 	ep := r.ep
 	all := make([]param, 0, len(grant)+len(r.static))
 	all = append(all, grant...)
 	all = append(all, r.static...)
-
 	var body []byte
 	var ctype string
 	switch ep.Format {
@@ -242,7 +250,7 @@ func (r *request) do(ctx context.Context, grant []param, secrets ...Secret) (*re
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, ep.TokenURL, bytes.NewReader(body))
 	if err != nil {
-		return nil, r.fail(0, "", fmt.Errorf("building request: %w", err))
+		return nil, nil, r.errorf(0, fmt.Errorf("building request: %w", err))
 	}
 	req.Header.Set("Content-Type", ctype)
 	req.Header.Set("Accept", "application/json")
@@ -254,50 +262,58 @@ func (r *request) do(ctx context.Context, grant []param, secrets ...Secret) (*re
 		req.SetBasicAuth(url.QueryEscape(ep.ClientID), url.QueryEscape(ep.ClientSecret.Reveal()))
 	}
 
+	timedOut := func(status int) *Error {
+		e := r.errorf(status, context.DeadlineExceeded)
+		e.Timeout = timeout
+		return e
+	}
 	resp, err := r.client.Do(req)
 	if err != nil {
 		if ctx.Err() != nil || isTimeout(err) {
-			return nil, &Error{OAuth2: ep.Name, Endpoint: r.endpoint, Timeout: timeout, Err: context.DeadlineExceeded}
+			return nil, nil, timedOut(0)
 		}
 		var ue *url.Error
 		if errors.As(err, &ue) {
 			err = ue.Err // url.Error repeats the URL, query and all
 		}
-		return nil, &Error{OAuth2: ep.Name, Endpoint: r.endpoint, Err: err}
+		return nil, nil, r.errorf(0, err)
 	}
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBytes+1))
-	if err != nil {
-		if ctx.Err() != nil || isTimeout(err) {
-			return nil, &Error{OAuth2: ep.Name, Endpoint: r.endpoint, Status: resp.StatusCode, Timeout: timeout, Err: context.DeadlineExceeded}
-		}
-		return nil, &Error{OAuth2: ep.Name, Endpoint: r.endpoint, Status: resp.StatusCode, Err: fmt.Errorf("reading the response: %w", err)}
+	switch {
+	case err != nil && (ctx.Err() != nil || isTimeout(err)):
+		return nil, nil, timedOut(resp.StatusCode)
+	case err != nil:
+		return nil, nil, r.errorf(resp.StatusCode, fmt.Errorf("reading the response: %w", err))
+	case len(raw) > maxResponseBytes:
+		return nil, nil, r.errorf(resp.StatusCode, errors.New("the response is larger than 1 MiB"))
 	}
-	if len(raw) > maxResponseBytes {
-		return nil, &Error{OAuth2: ep.Name, Endpoint: r.endpoint, Status: resp.StatusCode, Err: errors.New("the response is larger than 1 MiB")}
-	}
+	return resp, raw, nil
+}
 
-	scrub := append([]Secret{ep.ClientSecret}, secrets...)
+// interpret turns an answer into a token response or a classified *Error.
+func (r *request) interpret(resp *http.Response, raw []byte, scrub []Secret) (*response, error) {
 	switch {
 	case resp.StatusCode >= 300 && resp.StatusCode < 400:
-		return nil, &Error{OAuth2: ep.Name, Endpoint: r.endpoint, Status: resp.StatusCode, Permanent: true,
-			Err: errors.New("redirect not followed: token endpoints must not redirect (the client credentials would be sent again)")}
+		e := r.errorf(resp.StatusCode, errors.New("redirect not followed: token endpoints must not redirect (the client credentials would be sent again)"))
+		e.Permanent = true
+		return nil, e
 	case resp.StatusCode < 200 || resp.StatusCode >= 300:
-		e := &Error{OAuth2: ep.Name, Endpoint: r.endpoint, Status: resp.StatusCode}
-		e.Code, e.Description = parseErrorBody(raw, resp.Header.Get("Content-Type"), scrub)
+		e := r.errorf(resp.StatusCode, nil)
+		e.Code, e.Description = parseErrorBody(raw, scrub)
 		e.RetryAfter, _ = ParseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
 		e.Permanent = permanent(resp.StatusCode, e.Code)
 		return nil, e
 	}
 	tr, err := parseTokenResponse(raw, r.fields)
 	if err != nil {
-		return nil, &Error{OAuth2: ep.Name, Endpoint: r.endpoint, Status: resp.StatusCode, Err: describeBadBody(err, resp.Header.Get("Content-Type"))}
+		return nil, r.errorf(resp.StatusCode, describeBadBody(err, resp.Header.Get("Content-Type")))
 	}
 	return tr, nil
 }
 
-func (r *request) fail(status int, code string, err error) *Error {
-	return &Error{OAuth2: r.ep.Name, Endpoint: r.endpoint, Status: status, Code: code, Err: err}
+func (r *request) errorf(status int, err error) *Error {
+	return &Error{OAuth2: r.ep.Name, Endpoint: r.endpoint, Status: status, Err: err}
 }
 
 func describeBadBody(err error, ctype string) error {
@@ -333,7 +349,7 @@ func permanent(status int, code string) bool {
 // parseErrorBody reads RFC 6749 §5.2 error and error_description from an
 // error response. Only a well-formed error code survives; the description
 // is trimmed, made printable and scrubbed of the given secrets.
-func parseErrorBody(raw []byte, ctype string, scrub []Secret) (code, desc string) {
+func parseErrorBody(raw []byte, scrub []Secret) (code, desc string) {
 	var body struct {
 		Error       any `json:"error"`
 		Description any `json:"error_description"`
