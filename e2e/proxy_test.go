@@ -121,7 +121,7 @@ func TestRequestPath(t *testing.T) {
 func TestGracefulShutdown(t *testing.T) {
 	idp := newTokenServer(t, nil)
 	up := newAPI(t, idp.verify)
-	up.delay = time.Second
+	up.delay = 3 * time.Second // the request is still in flight while shutdown is checked
 	p := startProxy(t, config(up.URL, "    token_url: "+idp.URL+"/t\n    client_id: a\n    client_secret: "+randomString("cs-")))
 	waitReady(t, p)
 
@@ -131,8 +131,12 @@ func TestGracefulShutdown(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	p.cmd.Process.Signal(syscall.SIGTERM)
-	time.Sleep(100 * time.Millisecond)
-	if rz := get(t, p.admin+"/readyz"); rz.status != 503 || !strings.Contains(rz.body, "shutting down") {
+	rz := get(t, p.admin+"/readyz")
+	for deadline := time.Now().Add(2 * time.Second); rz.status == 200 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+		rz = get(t, p.admin+"/readyz")
+	}
+	if rz.status != 503 || !strings.Contains(rz.body, "shutting down") {
 		t.Errorf("/readyz during shutdown: %d %s", rz.status, rz.body)
 	}
 	if _, err := net.DialTimeout("tcp", strings.TrimPrefix(p.base, "http://"), time.Second); err == nil {
