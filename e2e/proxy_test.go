@@ -6,7 +6,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -191,5 +193,92 @@ func TestDemo(t *testing.T) {
 	if code := p.wait(10 * time.Second); code != 0 {
 		t.Errorf("demo exit code %d", code)
 	}
-	fmt.Fprint(io.Discard, lines)
+}
+
+// TestRouteOptions: inject header and format, forwarded_headers,
+// rewrite_location and strip_prefix: false, through the binary.
+func TestRouteOptions(t *testing.T) {
+	idp := newTokenServer(t, nil)
+	up := newAPI(t, func(tok string) error { return nil })
+	var upURL string
+	up.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		up.mu.Lock()
+		up.seen = append(up.seen, apiRequest{method: r.Method, uri: r.RequestURI, header: r.Header.Clone()})
+		up.mu.Unlock()
+		w.Header().Set("Location", upURL+"/v2/example/created/7")
+		w.WriteHeader(201)
+	})
+	upURL = up.URL
+	p := startProxy(t, fmt.Sprintf(`listen: 127.0.0.1:0
+admin_listen: 127.0.0.1:0
+log: {level: debug, format: json}
+oauth2:
+  e2e:
+    token_url: %s/t
+    client_id: a
+    client_secret: %s
+    inject: {header: X-Api-Token, format: "Token {token}"}
+routes:
+  - prefix: /example/
+    upstream: %s/v2/
+    oauth2: e2e
+    strip_prefix: false
+    forwarded_headers: true
+    rewrite_location: true
+`, idp.URL, randomString("cs-"), up.URL))
+	r := get(t, p.base+"/example/orders?x=1", "Authorization", "Bearer mine", "X-Api-Token", "forged", "X-Forwarded-For", "6.6.6.6")
+	if r.status != 201 || r.header.Get("Location") != "/example/created/7" {
+		t.Errorf("%d, Location %q", r.status, r.header.Get("Location"))
+	}
+	seen := up.last(t)
+	tok, ok := strings.CutPrefix(seen.header.Get("X-Api-Token"), "Token ")
+	if !ok || idp.verify(tok) != nil || len(seen.header.Values("X-Api-Token")) != 1 || seen.header.Get("Authorization") != "" {
+		t.Errorf("credentials upstream: X-Api-Token %q, Authorization %q", seen.header.Values("X-Api-Token"), seen.header.Get("Authorization"))
+	}
+	if seen.uri != "/v2/example/orders?x=1" {
+		t.Errorf("strip_prefix false: upstream saw %q", seen.uri)
+	}
+	if xff := seen.header.Get("X-Forwarded-For"); xff != "127.0.0.1" || seen.header.Get("X-Forwarded-Proto") != "http" {
+		t.Errorf("forwarded headers: For %q Proto %q; want the proxy's own view", xff, seen.header.Get("X-Forwarded-Proto"))
+	}
+}
+
+// TestProxyURL: with proxy_url set, token requests and upstream requests
+// go through that proxy. (That HTTP_PROXY is never used is tested in
+// tokencache and proxy against non-loopback hosts: Go never applies an
+// environment proxy to loopback, so it cannot be shown here.)
+func TestProxyURL(t *testing.T) {
+	idp := newTokenServer(t, nil)
+	up := newAPI(t, idp.verify)
+	var mu sync.Mutex
+	var via []string
+	fwd := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		via = append(via, r.Method+" "+r.URL.String()) // a forward proxy sees absolute URLs
+		mu.Unlock()
+		r.RequestURI = ""
+		resp, err := http.DefaultTransport.RoundTrip(r)
+		if err != nil {
+			w.WriteHeader(502)
+			return
+		}
+		defer resp.Body.Close()
+		for k, v := range resp.Header {
+			w.Header()[k] = v
+		}
+		w.WriteHeader(resp.StatusCode)
+		io.Copy(w, resp.Body)
+	}))
+	defer fwd.Close()
+	cfg := config(up.URL, "    token_url: "+idp.URL+"/token\n    client_id: a\n    client_secret: "+randomString("cs-")+"\n    proxy_url: "+fwd.URL,
+		"    proxy_url: "+fwd.URL)
+	p := startProxy(t, cfg)
+	if r := get(t, p.base+"/api/x"); r.status != 200 {
+		t.Fatalf("%d %s", r.status, r.body)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(via) != 2 || via[0] != "POST "+idp.URL+"/token" || via[1] != "GET "+up.URL+"/x" {
+		t.Errorf("through the proxy: %q", via)
+	}
 }

@@ -25,15 +25,6 @@ const (
 	CodeBadRequest          = "bad_request"
 )
 
-// TokenSource is what the proxy needs of a token cache.
-type TokenSource interface {
-	// Token returns the access token to attach; it may wait for a fetch.
-	Token(ctx context.Context) (string, error)
-	// Invalidate drops token if it is still the current one: the upstream
-	// rejected it.
-	Invalidate(token string)
-}
-
 // TokenError is a failure to get a token for a request. Its message comes
 // from the TokenSource, which must keep secrets out of it.
 type TokenError struct{ Err error }

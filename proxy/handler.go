@@ -9,6 +9,7 @@
 package proxy
 
 import (
+	"context"
 	"fmt"
 	"log"
 	"log/slog"
@@ -23,6 +24,15 @@ import (
 
 	"go.opentelemetry.io/otel/metric"
 )
+
+// TokenSource is what the proxy needs of a token cache.
+type TokenSource interface {
+	// Token returns the access token to attach; it may wait for a fetch.
+	Token(ctx context.Context) (string, error)
+	// Invalidate drops token if it is still the current one: the upstream
+	// rejected it.
+	Invalidate(token string)
+}
 
 // Route is one entry of the route table, as the config describes it.
 type Route struct {

@@ -22,7 +22,6 @@ type Metrics struct {
 	expiry  map[*Source]*sourceMetrics
 	gauge   metric.Float64ObservableGauge
 	regOnce sync.Once
-	reg     metric.Registration
 	meter   metric.Meter
 }
 
@@ -80,7 +79,7 @@ func (m *Metrics) register(s *Source) *sourceMetrics {
 		m.requests.Add(context.Background(), 0, opt) // exported at 0 before the first failure
 	}
 	m.regOnce.Do(func() {
-		m.reg, _ = m.meter.RegisterCallback(m.observe, m.gauge)
+		m.meter.RegisterCallback(m.observe, m.gauge) // lives as long as the Metrics
 	})
 	m.mu.Lock()
 	m.expiry[s] = sm

@@ -175,9 +175,6 @@ func New(cfg Config) (*Source, error) {
 	return s, nil
 }
 
-// Name returns the oauth2 entry's name.
-func (s *Source) Name() string { return s.name }
-
 // Token returns a usable access token, fetching one if none is cached. While
 // the token endpoint is backing off after failures it returns the last
 // error at once rather than waiting. It returns when ctx ends even if the
@@ -197,14 +194,6 @@ func (s *Source) Token(ctx context.Context) (string, error) {
 // however the endpoint failed before, and caches the result.
 func (s *Source) Fetch(ctx context.Context) (*Token, error) {
 	return s.wait(ctx, true)
-}
-
-// Current returns the cached token if it is still usable, else nil.
-func (s *Source) Current() *Token {
-	if t := s.cur.Load(); t != nil && s.now().Before(t.usableUntil) {
-		return t
-	}
-	return nil
 }
 
 // Invalidate drops token if it is still the current one, so that the next

@@ -422,7 +422,7 @@ func TestBackgroundRenewal(t *testing.T) {
 	// Renewal is ahead of expiry: a request never finds the cache empty.
 	start := time.Now()
 	for time.Since(start) < 1500*time.Millisecond {
-		if s.Current() == nil {
+		if !s.Status().Ready() {
 			t.Fatal("no usable token between background renewals")
 		}
 		time.Sleep(5 * time.Millisecond)

@@ -219,15 +219,3 @@ func (c *Config) Secrets() []tokencache.Secret {
 	}
 	return out
 }
-
-// UsedOAuth2 lists the oauth2 entries that routes use, sorted.
-func (c *Config) UsedOAuth2() []string {
-	var names []string
-	for _, r := range c.Routes {
-		if !slices.Contains(names, r.OAuth2) {
-			names = append(names, r.OAuth2)
-		}
-	}
-	slices.Sort(names)
-	return names
-}

@@ -48,9 +48,6 @@ func NewIdP(clientID, secret string, ttl time.Duration) (*IdP, error) {
 	return &IdP{ClientID: clientID, secret: secret, TTL: ttl, key: key, kid: base64.RawURLEncoding.EncodeToString(kid[:])}, nil
 }
 
-// Issued is how many tokens the IdP has issued.
-func (i *IdP) Issued() int64 { return i.issued.Load() }
-
 // Handler serves POST /token (client credentials, RFC 6749 §4.4; client
 // secret as Basic or in the body) and GET /jwks.json. issuer is its URL.
 func (i *IdP) Handler(issuer string) http.Handler {
