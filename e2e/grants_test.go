@@ -205,7 +205,7 @@ func TestClientSecretRotation(t *testing.T) {
 	if r := get(t, p.base+"/api/x"); r.status != 200 {
 		t.Fatalf("after rotation: %d %s", r.status, r.body)
 	}
-	if len(p.logLines("the client secret changed on disk; trying the new one")) != 1 {
+	if len(p.logLines("the client credentials changed on disk; trying the new ones")) != 1 {
 		t.Errorf("no log line about the rotation:\n%s", p.out)
 	}
 }

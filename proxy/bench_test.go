@@ -49,9 +49,10 @@ func cachedSource(b *testing.B) *tokencache.Source {
 	}))
 	b.Cleanup(idp.Close)
 	src, err := tokencache.New(tokencache.Config{
-		Endpoint: tokencache.Endpoint{Name: "bench", TokenURL: idp.URL, ClientID: "c", ClientSecret: "s"},
-		Grant:    tokencache.Grant{Type: tokencache.GrantClientCredentials},
-		Logger:   slog.New(slog.DiscardHandler),
+		Name: "bench", TokenURL: idp.URL,
+		Client: &tokencache.Client{Name: "bench", Auth: tokencache.ClientSecretBasic{ClientID: "c", Secret: tokencache.NewClientSecret("s", nil)}},
+		Grant:  tokencache.ClientCredentials{},
+		Logger: slog.New(slog.DiscardHandler),
 	})
 	if err != nil {
 		b.Fatal(err)
@@ -64,7 +65,7 @@ func cachedSource(b *testing.B) *tokencache.Source {
 
 func oauthproxyHandler(b *testing.B, up *url.URL) http.Handler {
 	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(sdkmetric.NewManualReader()))
-	h, err := proxy.NewHandler([]proxy.Route{{
+	h, err := newTestHandler([]proxy.Route{{
 		Prefix: "/api/", Upstream: up, StripPrefix: true, OAuth2: "bench", Tokens: cachedSource(b),
 		RetryOn: []int{401}, RetryBodyLimit: 1 << 20, MaxBody: 10 << 20,
 		// As shipped: the route's timeout bounds the wait for response headers.

@@ -52,11 +52,14 @@ func writeError(w http.ResponseWriter, status int, code, msg, route, oauth2 stri
 
 // errorStatus maps a forwarding error to the status and code the client gets.
 func errorStatus(err error) (int, string) {
+	var se StatusError
 	var te *TokenError
 	var mbe *http.MaxBytesError
 	var be *bodyError
 	var op *net.OpError
 	switch {
+	case errors.As(err, &se):
+		return se.HTTPStatus(), se.ErrorCode()
 	case errors.As(err, &te):
 		return http.StatusBadGateway, CodeTokenUnavailable
 	case errors.As(err, &mbe):

@@ -3,20 +3,21 @@
 // token, forwards with httputil.ReverseProxy, retries once when the
 // upstream rejects the token, and answers its own failures as JSON.
 //
-// Everything a request needs is built by NewHandler; serving a request
-// reads no config. The package knows nothing of YAML or of how tokens are
-// obtained: it asks a TokenSource.
+// Everything a request needs is built into a Table before it serves;
+// serving a request reads no config. The package knows nothing of YAML or
+// of how tokens are obtained: it asks a TokenSource.
 package proxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"log"
 	"log/slog"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -28,10 +29,21 @@ import (
 // TokenSource is what the proxy needs of a token cache.
 type TokenSource interface {
 	// Token returns the access token to attach; it may wait for a fetch.
+	// An error that implements StatusError says how to answer the client;
+	// any other is 502 token_unavailable.
 	Token(ctx context.Context) (string, error)
 	// Invalidate drops token if it is still the current one: the upstream
 	// rejected it.
 	Invalidate(token string)
+}
+
+// StatusError is an error that knows how the proxy answers it: a token
+// source's "sign-in required" is 503 login_required, not the upstream's
+// fault. The message must be safe to show a client.
+type StatusError interface {
+	error
+	HTTPStatus() int
+	ErrorCode() string
 }
 
 // Route is one entry of the route table, as the config describes it.
@@ -59,24 +71,37 @@ type Route struct {
 
 // Options configure a Handler.
 type Options struct {
-	Logger  *slog.Logger // nil: slog.Default()
-	Meter   metric.Meter // nil: no metrics
-	Inbound Inbound
+	Logger *slog.Logger // nil: slog.Default()
+	Meter  metric.Meter // nil: no metrics
+	// Observe, when set, is handed the Outcome of every request once it is
+	// done: the access log and traces hang here. Nil costs nothing.
+	Observe func(*Outcome)
+	// BodyIdleTimeout cuts a request whose body stops arriving for this
+	// long (a trickling client would hold a connection and an upstream
+	// request forever); 0 is none.
+	BodyIdleTimeout time.Duration
 }
 
-// Handler is the proxy's http.Handler. It is safe for concurrent use; its
-// routes can be replaced while it serves (SetRoutes).
+// Handler is the proxy's http.Handler. It lives as long as the process;
+// its route table is replaced while it serves (Swap), and requests in
+// flight finish on the table they started with. Safe for concurrent use.
+// Until a table is swapped in, every request gets 404 no_route.
 type Handler struct {
-	table atomic.Pointer[table]
-	guard *guard
-	log   *slog.Logger
-	met   *metrics
-	none  *routeMetrics // requests no route took
+	table    atomic.Pointer[Table]
+	log      *slog.Logger
+	met      *metrics
+	none     *routeMetrics // requests no route took
+	errLog   *log.Logger   // ReverseProxy's own complaints
+	bodyIdl  time.Duration
+	observer func(*Outcome)
+
+	mu       sync.Mutex
+	routeMet map[string]*routeMetrics // by prefix: series outlive tables
 }
 
-// NewHandler builds the request path for routes.
-func NewHandler(routes []Route, opts Options) (*Handler, error) {
-	h := &Handler{log: opts.Logger}
+// NewHandler returns a Handler with an empty table.
+func NewHandler(opts Options) (*Handler, error) {
+	h := &Handler{log: opts.Logger, bodyIdl: opts.BodyIdleTimeout, observer: opts.Observe, routeMet: map[string]*routeMetrics{}}
 	if h.log == nil {
 		h.log = slog.Default()
 	}
@@ -85,56 +110,89 @@ func NewHandler(routes []Route, opts Options) (*Handler, error) {
 		return nil, err
 	}
 	h.none = h.met.forRoute("none")
-	if h.guard, err = newGuard(opts.Inbound); err != nil {
+	h.errLog = log.New(&slogWriter{h.log}, "", 0)
+	empty, err := h.NewTable(nil, Inbound{})
+	if err != nil {
 		return nil, err
 	}
-	if err := h.SetRoutes(routes); err != nil {
-		return nil, err
-	}
+	h.table.Store(empty)
 	return h, nil
 }
 
-// SetRoutes replaces the route table. Requests in flight finish on the
-// routes they started with.
+// Swap puts t in service and returns the table it replaces.
+func (h *Handler) Swap(t *Table) *Table { return h.table.Swap(t) }
+
+// SetRoutes builds a table of routes, keeping the inbound rules of the
+// current one, and puts it in service.
 func (h *Handler) SetRoutes(routes []Route) error {
-	t := &table{}
-	seen := map[string]bool{}
-	for i := range routes {
-		rt, err := h.newRoute(routes[i])
-		if err != nil {
-			return err
-		}
-		if seen[rt.prefix] {
-			return fmt.Errorf("route %q: duplicate prefix", routes[i].Prefix)
-		}
-		seen[rt.prefix] = true
-		t.routes = append(t.routes, rt)
+	t, err := h.NewTable(routes, h.table.Load().guard.in)
+	if err != nil {
+		return err
 	}
-	t.sort()
-	h.table.Store(t)
+	h.Swap(t)
 	return nil
 }
 
-type table struct{ routes []*route }
-
-// sort puts the longest prefix first, so that the first match is the longest.
-func (t *table) sort() {
-	slices.SortStableFunc(t.routes, func(a, b *route) int { return len(b.prefix) - len(a.prefix) })
+// Table is a route table with its inbound rules, built once and never
+// changed: a reload builds another and swaps it in.
+type Table struct {
+	guard  *guard
+	routes map[string]*route // by prefix without its trailing slash ("" for "/")
+	depth  int               // the most segments any prefix has
 }
+
+// NewTable builds the request path for routes, admitted by in.
+func (h *Handler) NewTable(routes []Route, in Inbound) (*Table, error) {
+	g, err := newGuard(in)
+	if err != nil {
+		return nil, err
+	}
+	t := &Table{guard: g, routes: make(map[string]*route, len(routes))}
+	for i := range routes {
+		rt, err := h.newRoute(routes[i], g)
+		if err != nil {
+			return nil, err
+		}
+		if _, dup := t.routes[rt.prefix]; dup {
+			return nil, fmt.Errorf("route %q: duplicate prefix", routes[i].Prefix)
+		}
+		t.routes[rt.prefix] = rt
+		t.depth = max(t.depth, strings.Count(rt.prefix, "/"))
+	}
+	return t, nil
+}
+
+// Len is the number of routes.
+func (t *Table) Len() int { return len(t.routes) }
 
 // match returns the route whose prefix is the longest whole-segment prefix
 // of path ("/svc" matches "/svc" and "/svc/x", never "/svcx"), and the rest
-// of the path after it.
-func (t *table) match(path string) (*route, string) {
-	for _, rt := range t.routes {
-		if !strings.HasPrefix(path, rt.prefix) {
-			continue
-		}
-		if rest := path[len(rt.prefix):]; rest == "" || rest[0] == '/' {
-			return rt, rest
+// of the path after it. It looks the path's own prefixes up, longest
+// first, so its cost depends on the path's depth, not on the table's size.
+func (t *Table) match(path string) (*route, string) {
+	// Start at the deepest prefix any route has: "/a/b/c/d" against routes
+	// at most two segments deep starts with "/a/b".
+	end, segs := len(path), 0
+	for i := 1; i < len(path); i++ {
+		if path[i] == '/' {
+			if segs++; segs == t.depth {
+				end = i
+				break
+			}
 		}
 	}
-	return nil, ""
+	for {
+		if rt, ok := t.routes[path[:end]]; ok {
+			return rt, path[end:]
+		}
+		if end == 0 {
+			return nil, ""
+		}
+		end = strings.LastIndexByte(path[:end], '/')
+		if end < 0 {
+			return nil, ""
+		}
+	}
 }
 
 // route is a Route built for serving.
@@ -155,12 +213,13 @@ type route struct {
 	met      *routeMetrics
 	log      *slog.Logger
 	location string // upstream URL prefix that rewrite_location maps back...
+	locPath  string // ...and its path-absolute form...
 	locTo    string // ...to this
 }
 
 var bufPool = &byteBufferPool{}
 
-func (h *Handler) newRoute(r Route) (*route, error) {
+func (h *Handler) newRoute(r Route, g *guard) (*route, error) {
 	if r.Upstream == nil || r.Upstream.Host == "" || (r.Upstream.Scheme != "http" && r.Upstream.Scheme != "https") {
 		return nil, fmt.Errorf("route %q: upstream must be an absolute http(s) URL", r.Prefix)
 	}
@@ -190,25 +249,29 @@ func (h *Handler) newRoute(r Route) (*route, error) {
 		header:  http.CanonicalHeaderKey(r.InjectHeader),
 		before:  before,
 		after:   after,
-		set:     map[string][]string{},
-		remove:  map[string]bool{},
-		inbound: h.guard.header,
-		met:     h.met.forRoute(r.Prefix),
-		log:     h.log.With("route", r.Prefix, "oauth2", r.OAuth2),
+		inbound: g.header,
+		met:     h.routeMetrics(r.Prefix),
+		log:     h.log,
 	}
 	if rt.root == "" {
 		rt.root = "/"
 	}
 	// Without strip_prefix the upstream path already holds the prefix.
-	rt.location, rt.locTo = rt.origin+rt.base+"/", rt.prefix+"/"
+	rt.location, rt.locPath, rt.locTo = rt.origin+rt.base+"/", rt.base+"/", rt.prefix+"/"
 	if !r.StripPrefix {
 		rt.locTo = "/"
 	}
-	for k, v := range r.SetHeaders {
-		rt.set[http.CanonicalHeaderKey(k)] = []string{v}
+	if len(r.SetHeaders) > 0 {
+		rt.set = make(map[string][]string, len(r.SetHeaders))
+		for k, v := range r.SetHeaders {
+			rt.set[http.CanonicalHeaderKey(k)] = []string{v}
+		}
 	}
-	for _, k := range r.RemoveHeaders {
-		rt.remove[http.CanonicalHeaderKey(k)] = true
+	if len(r.RemoveHeaders) > 0 {
+		rt.remove = make(map[string]bool, len(r.RemoveHeaders))
+		for _, k := range r.RemoveHeaders {
+			rt.remove[http.CanonicalHeaderKey(k)] = true
+		}
 	}
 	rt.rp = &httputil.ReverseProxy{
 		Rewrite:        rt.rewrite,
@@ -216,9 +279,22 @@ func (h *Handler) newRoute(r Route) (*route, error) {
 		ModifyResponse: rt.modifyResponse,
 		ErrorHandler:   rt.handleError,
 		BufferPool:     bufPool,
-		ErrorLog:       log.New(&slogWriter{rt.log}, "", 0),
+		ErrorLog:       h.errLog,
 	}
 	return rt, nil
+}
+
+// routeMetrics returns the instruments of a route prefix, shared by every
+// table that has it.
+func (h *Handler) routeMetrics(prefix string) *routeMetrics {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if m, ok := h.routeMet[prefix]; ok {
+		return m
+	}
+	m := h.met.forRoute(prefix)
+	h.routeMet[prefix] = m
+	return m
 }
 
 // outPath maps the rest of a request path (after the prefix) to the
@@ -240,7 +316,15 @@ func (rt *route) outPath(rest string) (string, bool) {
 // ServeHTTP implements http.Handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	if status, code, msg := h.guard.check(r); status != 0 {
+	w, r, o := h.observe(w, r)
+	if o != nil {
+		defer func() {
+			o.Duration = time.Since(start)
+			h.observer(o)
+		}()
+	}
+	t := h.table.Load()
+	if status, code, msg := t.guard.check(r); status != 0 {
 		h.reject(w, r, h.none, "", "", status, code, msg)
 		return
 	}
@@ -249,7 +333,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.reject(w, r, h.none, "", "", http.StatusBadRequest, CodeBadPath, "the request target must be a path: this is not a forward proxy")
 		return
 	}
-	rt, rest := h.table.Load().match(path)
+	rt, rest := t.match(path)
+	if o != nil && rt != nil {
+		o.Route, o.OAuth2, o.Upstream = rt.Prefix, rt.OAuth2, rt.origin
+	}
 	if rt == nil {
 		h.reject(w, r, h.none, "", "", http.StatusNotFound, CodeNoRoute, "no route matches "+trim(path, 200))
 		return
@@ -269,12 +356,20 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			r.Body = http.MaxBytesReader(w, r.Body, rt.MaxBody)
 		}
 	}
+	if h.bodyIdl > 0 && r.ContentLength != 0 && r.Body != http.NoBody {
+		r.Body = &idleBody{ReadCloser: r.Body, rc: http.NewResponseController(w), idle: h.bodyIdl}
+	}
+	onlyWebSocket(r.Header)
+	// A response without a Content-Type keeps none: net/http would sniff
+	// one, changing what the upstream said. The upstream's own replaces
+	// this nil entry.
+	w.Header()["Content-Type"] = nil
 	rt.rp.ServeHTTP(w, r)
 	rt.met.observe(time.Since(start).Seconds())
 }
 
 func (h *Handler) reject(w http.ResponseWriter, r *http.Request, met *routeMetrics, prefix, oauth2 string, status int, code, msg string) {
-	met.count(status)
+	record(r, met, status, code, msg)
 	if h.log.Enabled(r.Context(), slog.LevelDebug) {
 		h.log.Debug("request refused", "status", status, "error", code, "method", r.Method, "path", trim(r.URL.Path, 200), "remote", r.RemoteAddr)
 	}
@@ -308,42 +403,84 @@ func (rt *route) rewrite(pr *httputil.ProxyRequest) {
 }
 
 func (rt *route) modifyResponse(resp *http.Response) error {
-	rt.met.count(resp.StatusCode)
+	record(resp.Request, rt.met, resp.StatusCode, "", "")
+	// Clients trust X-Oauthproxy-Error as the proxy's own word.
+	delete(resp.Header, "X-Oauthproxy-Error")
 	if rt.RewriteLocation {
 		if loc := resp.Header.Get("Location"); loc != "" {
-			if rest, ok := strings.CutPrefix(loc, rt.location); ok {
-				resp.Header.Set("Location", rt.locTo+rest)
-			}
+			resp.Header.Set("Location", rt.mapLocation(loc))
 		}
 	}
+	keepTrailers(resp)
 	if rt.log.Enabled(resp.Request.Context(), slog.LevelDebug) {
-		rt.log.Debug("proxied", "method", resp.Request.Method, "path", trim(resp.Request.URL.Path, 200), "status", resp.StatusCode)
+		rt.log.Debug("proxied", "route", rt.Prefix, "oauth2", rt.OAuth2, "method", resp.Request.Method,
+			"path", trim(resp.Request.URL.Path, 200), "status", resp.StatusCode)
 	}
 	return nil
 }
 
+// mapLocation maps an upstream Location under the upstream's base back
+// under the route's prefix: absolute (https://api/v2/x), network-path
+// (//api/v2/x) and path-absolute (/v2/x, as http.Redirect writes it).
+// Relative references resolve the same on both sides and stay as they are.
+func (rt *route) mapLocation(loc string) string {
+	switch {
+	case strings.HasPrefix(loc, rt.location):
+		return rt.locTo + loc[len(rt.location):]
+	case strings.HasPrefix(loc, "//"):
+		if rest, ok := strings.CutPrefix(loc, rt.location[len(rt.Upstream.Scheme)+1:]); ok {
+			return rt.locTo + rest
+		}
+	case strings.HasPrefix(loc, "/"):
+		if rest, ok := strings.CutPrefix(loc, rt.locPath); ok {
+			return rt.locTo + rest
+		}
+	}
+	return loc
+}
+
+// keepTrailers makes a response whose trailers must reach the client go out
+// chunked: an HTTP/2 upstream may send trailers after a body with a
+// Content-Length, which HTTP/1.1 cannot carry. Announced trailers always
+// qualify; unannounced ones from an HTTP/2 upstream when the client said it
+// takes them (TE: trailers, as gRPC clients do).
+func keepTrailers(resp *http.Response) {
+	if resp.ContentLength < 0 {
+		return
+	}
+	announced := len(resp.Trailer) > 0
+	wanted := resp.ProtoMajor == 2 && resp.Request != nil && strings.EqualFold(resp.Request.Header.Get("Te"), "trailers")
+	if announced || wanted {
+		resp.Header.Del("Content-Length")
+		resp.ContentLength = -1
+	}
+}
+
 func (rt *route) handleError(w http.ResponseWriter, r *http.Request, err error) {
 	if r.Context().Err() != nil && !isTimeout(err) {
-		rt.met.count(499) // the client went away; nobody to answer
-		rt.log.Debug("client went away", "method", r.Method, "error", err)
+		record(r, rt.met, 499, "", "the client went away") // nobody to answer
+		rt.log.Debug("client went away", "route", rt.Prefix, "method", r.Method, "error", err)
 		return
 	}
 	status, code := errorStatus(err)
 	var msg string
-	switch code {
-	case CodeTokenUnavailable:
+	var se StatusError
+	switch {
+	case errors.As(err, &se):
+		msg = se.Error()
+	case code == CodeTokenUnavailable:
 		msg = err.Error()
-	case CodeUpstreamTimeout:
+	case code == CodeUpstreamTimeout:
 		msg = fmt.Sprintf("upstream %s did not answer within the route's timeout", rt.origin)
-	case CodeBodyTooLarge:
+	case code == CodeBodyTooLarge:
 		msg = fmt.Sprintf("the request body is larger than this route's max_body (%d bytes)", rt.MaxBody)
-	case CodeBadRequest:
+	case code == CodeBadRequest:
 		msg = trim(err.Error(), 200)
 	default:
 		msg = fmt.Sprintf("upstream %s unreachable: %s", rt.origin, trim(err.Error(), 200))
 	}
-	rt.met.count(status)
-	rt.log.Warn("request failed", "status", status, "error", code, "detail", msg, "method", r.Method)
+	record(r, rt.met, status, code, msg)
+	rt.log.Warn("request failed", "route", rt.Prefix, "oauth2", rt.OAuth2, "status", status, "error", code, "detail", msg, "method", r.Method)
 	writeError(w, status, code, msg, rt.Prefix, rt.OAuth2)
 }
 
@@ -373,3 +510,16 @@ func (b *byteBufferPool) Get() []byte {
 }
 
 func (b *byteBufferPool) Put(v []byte) { b.p.Put(&v) }
+
+// idleBody cuts a request body that stops arriving: each Read must make
+// progress within idle.
+type idleBody struct {
+	io.ReadCloser
+	rc   *http.ResponseController
+	idle time.Duration
+}
+
+func (b *idleBody) Read(p []byte) (int, error) {
+	b.rc.SetReadDeadline(time.Now().Add(b.idle))
+	return b.ReadCloser.Read(p)
+}

@@ -103,7 +103,7 @@ func mustURL(t *testing.T, s string) *url.URL {
 }
 
 // newProxy serves routes on a loopback listener and returns its base URL.
-func newProxy(t *testing.T, opts Options, routes ...Route) (string, *Handler) {
+func newProxy(t *testing.T, in Inbound, routes ...Route) (string, *Handler) {
 	t.Helper()
 	for i := range routes {
 		if routes[i].Transport == nil {
@@ -113,13 +113,25 @@ func newProxy(t *testing.T, opts Options, routes ...Route) (string, *Handler) {
 			routes[i].Tokens = &fakeTokens{}
 		}
 	}
-	h, err := NewHandler(routes, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
+	h := newHandler(t, Options{}, in, routes...)
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
 	return srv.URL, h
+}
+
+// newHandler returns a Handler serving routes.
+func newHandler(t testing.TB, opts Options, in Inbound, routes ...Route) *Handler {
+	t.Helper()
+	h, err := NewHandler(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	table, err := h.NewTable(routes, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.Swap(table)
+	return h
 }
 
 func testRoute(t *testing.T, prefix, upstream string) Route {
@@ -148,7 +160,7 @@ func get(t *testing.T, u string, hdr ...string) (*http.Response, []byte) {
 
 func TestForwarding(t *testing.T) {
 	up := newUpstream(t, nil)
-	base, _ := newProxy(t, Options{}, testRoute(t, "/example/", up.URL+"/v2/"))
+	base, _ := newProxy(t, Inbound{}, testRoute(t, "/example/", up.URL+"/v2/"))
 	upHost := strings.TrimPrefix(up.URL, "http://")
 
 	resp, body := get(t, base+"/example/orders?id=1&x=a;b&bad=%zz&sp=a+b",
@@ -207,7 +219,7 @@ func TestPathJoining(t *testing.T) {
 		t.Run(tc.prefix+tc.path, func(t *testing.T) {
 			r := testRoute(t, tc.prefix, up.URL+tc.upstream)
 			r.StripPrefix = tc.strip
-			base, _ := newProxy(t, Options{}, r)
+			base, _ := newProxy(t, Inbound{}, r)
 			resp, body := get(t, base+tc.path)
 			if resp.StatusCode != 200 {
 				t.Fatalf("status %d: %s", resp.StatusCode, body)
@@ -239,7 +251,7 @@ func rawGet(t *testing.T, base, target string, extra ...string) (int, string, st
 
 func TestErrorsAreJSON(t *testing.T) {
 	up := newUpstream(t, nil)
-	base, _ := newProxy(t, Options{}, testRoute(t, "/example/", up.URL+"/v2/"), testRoute(t, "/admin/", up.URL+"/admin/"))
+	base, _ := newProxy(t, Inbound{}, testRoute(t, "/example/", up.URL+"/v2/"), testRoute(t, "/admin/", up.URL+"/admin/"))
 	tests := []struct {
 		target string
 		status int
@@ -271,7 +283,7 @@ func TestTokenFailureIs502WithoutDetail(t *testing.T) {
 	up := newUpstream(t, nil)
 	r := testRoute(t, "/example/", up.URL)
 	r.Tokens = &fakeTokens{err: errors.New("token endpoint https://idp/token answered 401 invalid_client")}
-	base, _ := newProxy(t, Options{}, r)
+	base, _ := newProxy(t, Inbound{}, r)
 	resp, body := get(t, base+"/example/x")
 	if resp.StatusCode != 502 || resp.Header.Get("X-Oauthproxy-Error") != CodeTokenUnavailable {
 		t.Fatalf("status %d %q", resp.StatusCode, resp.Header.Get("X-Oauthproxy-Error"))
@@ -298,7 +310,7 @@ func TestRetryOnceWithSameBody(t *testing.T) {
 	tokens := &fakeTokens{}
 	r := testRoute(t, "/example/", up.URL)
 	r.Tokens = tokens
-	base, _ := newProxy(t, Options{}, r)
+	base, _ := newProxy(t, Inbound{}, r)
 	payload := bytes.Repeat([]byte("0123456789abcdef"), 5000) // 80 KB
 	for _, chunked := range []bool{false, true} {
 		up.hits.Store(0)
@@ -322,7 +334,7 @@ func TestRetryOnceWithSameBody(t *testing.T) {
 
 func TestNeverMoreThanOneRetry(t *testing.T) {
 	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request, body []byte) { w.WriteHeader(401) })
-	base, _ := newProxy(t, Options{}, testRoute(t, "/example/", up.URL))
+	base, _ := newProxy(t, Inbound{}, testRoute(t, "/example/", up.URL))
 	resp, _ := get(t, base+"/example/x")
 	if resp.StatusCode != 401 || up.hits.Load() != 2 {
 		t.Errorf("status %d after %d upstream requests, want 401 after 2", resp.StatusCode, up.hits.Load())
@@ -334,7 +346,7 @@ func TestForbiddenIsNotRetried(t *testing.T) {
 	tokens := &fakeTokens{}
 	r := testRoute(t, "/example/", up.URL)
 	r.Tokens = tokens
-	base, _ := newProxy(t, Options{}, r)
+	base, _ := newProxy(t, Inbound{}, r)
 	resp, _ := get(t, base+"/example/x")
 	if resp.StatusCode != 403 || up.hits.Load() != 1 || len(tokens.invalidated) != 0 {
 		t.Errorf("403: status %d, %d upstream requests, invalidated %v", resp.StatusCode, up.hits.Load(), tokens.invalidated)
@@ -350,7 +362,7 @@ func TestOverLimitBodyStreamsWithoutRetry(t *testing.T) {
 	r := testRoute(t, "/example/", up.URL)
 	r.RetryBodyLimit = 1000
 	r.Tokens = tokens
-	base, _ := newProxy(t, Options{}, r)
+	base, _ := newProxy(t, Inbound{}, r)
 	for _, size := range []int{1001, 5000} {
 		for _, chunked := range []bool{false, true} {
 			up.hits.Store(0)
@@ -375,7 +387,7 @@ func TestRetryNotAttemptedWhenTokenUnchanged(t *testing.T) {
 	up := newUpstream(t, func(w http.ResponseWriter, r *http.Request, body []byte) { w.WriteHeader(401) })
 	r := testRoute(t, "/example/", up.URL)
 	r.Tokens = &stickyTokens{}
-	base, _ := newProxy(t, Options{}, r)
+	base, _ := newProxy(t, Inbound{}, r)
 	resp, _ := get(t, base+"/example/x")
 	if resp.StatusCode != 401 || up.hits.Load() != 1 {
 		t.Errorf("status %d after %d requests; want the 401 at once when no new token comes", resp.StatusCode, up.hits.Load())
@@ -401,7 +413,7 @@ func TestUpstreamFailures(t *testing.T) {
 
 	rSlow := testRoute(t, "/slow/", slow.URL)
 	rSlow.Transport = NewTransport(TransportOptions{ResponseHeaderTimeout: 100 * time.Millisecond})
-	base, _ := newProxy(t, Options{}, rSlow, testRoute(t, "/down/", closed))
+	base, _ := newProxy(t, Inbound{}, rSlow, testRoute(t, "/down/", closed))
 	for _, tc := range []struct {
 		path   string
 		status int
@@ -425,7 +437,7 @@ func TestMaxBody(t *testing.T) {
 	r := testRoute(t, "/example/", up.URL)
 	r.MaxBody = 100
 	r.RetryBodyLimit = 10
-	base, _ := newProxy(t, Options{}, r)
+	base, _ := newProxy(t, Inbound{}, r)
 	for _, chunked := range []bool{false, true} {
 		var body io.Reader = bytes.NewReader(make([]byte, 101))
 		if chunked {
@@ -445,7 +457,7 @@ func TestSetRemoveAndForwardedHeaders(t *testing.T) {
 	r.SetHeaders = map[string]string{"X-Tenant": "acme"}
 	r.RemoveHeaders = []string{"Cookie"}
 	r.ForwardedHeaders = true
-	base, _ := newProxy(t, Options{}, r)
+	base, _ := newProxy(t, Inbound{}, r)
 	get(t, base+"/example/x", "Cookie", "a=b", "X-Tenant", "evil", "X-Forwarded-For", "6.6.6.6")
 	got, _ := up.last(t)
 	if got.Header.Get("Cookie") != "" || got.Header.Get("X-Tenant") != "acme" {
@@ -460,7 +472,7 @@ func TestInjectFormat(t *testing.T) {
 	up := newUpstream(t, nil)
 	r := testRoute(t, "/example/", up.URL)
 	r.InjectHeader, r.InjectFormat = "X-Api-Token", "Token {token}"
-	base, _ := newProxy(t, Options{}, r)
+	base, _ := newProxy(t, Inbound{}, r)
 	get(t, base+"/example/x", "Authorization", "Bearer mine", "X-Api-Token", "forged")
 	got, _ := up.last(t)
 	if got.Header.Get("Authorization") != "" || got.Header.Values("X-Api-Token")[0] != "Token tok1" || len(got.Header.Values("X-Api-Token")) != 1 {
@@ -477,7 +489,7 @@ func TestRewriteLocation(t *testing.T) {
 	upURL = up.URL
 	r := testRoute(t, "/example/", up.URL+"/v2/")
 	r.RewriteLocation = true
-	base, _ := newProxy(t, Options{}, r)
+	base, _ := newProxy(t, Inbound{}, r)
 	resp, _ := get(t, base+"/example/orders")
 	if loc := resp.Header.Get("Location"); loc != "/example/orders/7" {
 		t.Errorf("Location = %q", loc)
@@ -490,7 +502,7 @@ func TestRewriteLocation(t *testing.T) {
 	})
 	r2 := testRoute(t, "/example/", up2.URL+"/v2/")
 	r2.RewriteLocation, r2.StripPrefix = true, false
-	base2, _ := newProxy(t, Options{}, r2)
+	base2, _ := newProxy(t, Inbound{}, r2)
 	resp, _ = get(t, base2+"/example/orders")
 	if loc := resp.Header.Get("Location"); loc != "/example/orders/7" {
 		t.Errorf("strip_prefix false: Location = %q", loc)
@@ -498,7 +510,7 @@ func TestRewriteLocation(t *testing.T) {
 	// A Location elsewhere is left alone.
 	r3 := testRoute(t, "/other/", up2.URL+"/elsewhere/")
 	r3.RewriteLocation = true
-	base3, _ := newProxy(t, Options{}, r3)
+	base3, _ := newProxy(t, Inbound{}, r3)
 	resp, _ = get(t, base3+"/other/x")
 	if loc := resp.Header.Get("Location"); !strings.HasSuffix(loc, "/v2/example/orders/7") || !strings.HasPrefix(loc, "http://") {
 		t.Errorf("foreign Location rewritten: %q", loc)
@@ -507,13 +519,13 @@ func TestRewriteLocation(t *testing.T) {
 
 func TestInboundGuard(t *testing.T) {
 	up := newUpstream(t, nil)
-	opts := Options{Inbound: Inbound{
+	opts := Inbound{
 		RequireHeader:  "X-Proxy-Key",
 		RequireValue:   "0123456789abcdef",
 		AllowedHosts:   []string{"proxy.internal"},
 		AllowedOrigins: []string{"https://app.example.com"},
 		AllowCIDRs:     []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
-	}}
+	}
 	base, _ := newProxy(t, opts, testRoute(t, "/example/", up.URL))
 	key := "X-Proxy-Key: 0123456789abcdef\r\n"
 	tests := []struct {
@@ -575,7 +587,7 @@ func TestSSEFlushesEachEvent(t *testing.T) {
 			<-next
 		}
 	})
-	base, _ := newProxy(t, Options{}, testRoute(t, "/example/", up.URL))
+	base, _ := newProxy(t, Inbound{}, testRoute(t, "/example/", up.URL))
 	resp, err := http.Get(base + "/example/events")
 	if err != nil {
 		t.Fatal(err)
@@ -608,7 +620,7 @@ func TestUpstreamProxy(t *testing.T) {
 	direct := testRoute(t, "/direct/", "http://api.invalid/")
 	viaProxy := testRoute(t, "/via/", "http://api.invalid/")
 	viaProxy.Transport = NewTransport(TransportOptions{Proxy: mustURL(t, fwd.URL)})
-	base, _ := newProxy(t, Options{}, direct, viaProxy)
+	base, _ := newProxy(t, Inbound{}, direct, viaProxy)
 	if r, _ := get(t, base+"/direct/x"); r.StatusCode != 502 || proxied.Load() != 0 {
 		t.Errorf("without a proxy: %d, proxied=%d; HTTP_PROXY must be ignored", r.StatusCode, proxied.Load())
 	}

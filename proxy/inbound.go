@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"crypto/subtle"
 	"fmt"
 	"net/http"
 	"net/netip"
@@ -30,6 +31,7 @@ type Inbound struct {
 }
 
 type guard struct {
+	in      Inbound // as given, for SetRoutes
 	header  string
 	value   string
 	cidrs   []netip.Prefix
@@ -38,7 +40,7 @@ type guard struct {
 }
 
 func newGuard(in Inbound) (*guard, error) {
-	g := &guard{cidrs: in.AllowCIDRs, hosts: map[string]bool{}, origins: map[string]bool{}}
+	g := &guard{in: in, cidrs: in.AllowCIDRs, hosts: map[string]bool{}, origins: map[string]bool{}}
 	if in.RequireHeader != "" {
 		if in.RequireValue == "" {
 			return nil, fmt.Errorf("inbound header %q has no value", in.RequireHeader)
@@ -68,7 +70,7 @@ func (g *guard) check(r *http.Request) (status int, code, msg string) {
 	}
 	if g.header != "" {
 		v := r.Header[g.header]
-		if len(v) != 1 || !constantTimeEqual(v[0], g.value) {
+		if len(v) != 1 || subtle.ConstantTimeCompare([]byte(v[0]), []byte(g.value)) != 1 {
 			return http.StatusForbidden, CodeForbidden, "missing or wrong " + g.header + " header (inbound.require_header)"
 		}
 	}
@@ -117,17 +119,4 @@ func (g *guard) hostAllowed(host string) bool {
 	}
 	_, err := netip.ParseAddr(h)
 	return err == nil
-}
-
-// constantTimeEqual compares without an early exit on the first
-// difference, so timing does not reveal how much of a guess was right.
-func constantTimeEqual(a, b string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	var v byte
-	for i := 0; i < len(a); i++ {
-		v |= a[i] ^ b[i]
-	}
-	return v == 0
 }

@@ -38,9 +38,10 @@ func TestConcurrent401sRefreshOnce(t *testing.T) {
 	}))
 	defer up.Close()
 	src, err := tokencache.New(tokencache.Config{
-		Endpoint: tokencache.Endpoint{Name: "e", TokenURL: idp.URL, ClientID: "c", ClientSecret: "s"},
-		Grant:    tokencache.Grant{Type: tokencache.GrantClientCredentials},
-		Logger:   slog.New(slog.DiscardHandler),
+		Name: "e", TokenURL: idp.URL,
+		Client: &tokencache.Client{Name: "e", Auth: tokencache.ClientSecretBasic{ClientID: "c", Secret: tokencache.NewClientSecret("s", nil)}},
+		Grant:  tokencache.ClientCredentials{},
+		Logger: slog.New(slog.DiscardHandler),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -50,9 +51,8 @@ func TestConcurrent401sRefreshOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	upURL, _ := url.Parse(up.URL)
-	h, err := proxy.NewHandler([]proxy.Route{{Prefix: "/api/", Upstream: upURL, StripPrefix: true, OAuth2: "e", Tokens: src,
-		RetryOn: []int{401}, RetryBodyLimit: 1 << 20, Transport: proxy.NewTransport(proxy.TransportOptions{})}},
-		proxy.Options{Logger: slog.New(slog.DiscardHandler)})
+	h, err := newTestHandler([]proxy.Route{{Prefix: "/api/", Upstream: upURL, StripPrefix: true, OAuth2: "e", Tokens: src,
+		RetryOn: []int{401}, RetryBodyLimit: 1 << 20, Transport: proxy.NewTransport(proxy.TransportOptions{})}}, proxy.Options{Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,7 +98,7 @@ func TestSetRoutesUnderLoad(t *testing.T) {
 		}
 		return rs
 	}
-	h, err := proxy.NewHandler(routes(""), proxy.Options{Logger: slog.New(slog.DiscardHandler)})
+	h, err := newTestHandler(routes(""), proxy.Options{Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -145,3 +145,17 @@ type staticTokens struct{}
 
 func (staticTokens) Token(context.Context) (string, error) { return "static", nil }
 func (staticTokens) Invalidate(string)                     {}
+
+// newTestHandler is a Handler serving routes, for the external tests.
+func newTestHandler(routes []proxy.Route, opts proxy.Options) (*proxy.Handler, error) {
+	h, err := proxy.NewHandler(opts)
+	if err != nil {
+		return nil, err
+	}
+	t, err := h.NewTable(routes, proxy.Inbound{})
+	if err != nil {
+		return nil, err
+	}
+	h.Swap(t)
+	return h, nil
+}

@@ -46,13 +46,20 @@ func newMetrics(m metric.Meter) (*metrics, error) {
 }
 
 // routeMetrics holds one route's precomputed attribute sets, so that
-// recording allocates nothing.
+// recording allocates nothing. The status codes a route answers are few:
+// they are kept in a small list, replaced whole when a new code appears,
+// so a table of 10,000 routes costs little memory.
 type routeMetrics struct {
 	m        *metrics
 	route    attribute.KeyValue
-	codes    [600]atomic.Pointer[[]metric.AddOption]
+	codes    atomic.Pointer[[]codeOpts]
 	duration []metric.RecordOption
 	retries  []metric.AddOption
+}
+
+type codeOpts struct {
+	code int
+	opts []metric.AddOption
 }
 
 func (m *metrics) forRoute(label string) *routeMetrics {
@@ -69,16 +76,32 @@ func (m *metrics) forRoute(label string) *routeMetrics {
 }
 
 func (rm *routeMetrics) count(code int) {
-	if code < 0 || code >= len(rm.codes) {
+	if code < 100 || code > 599 {
 		code = 0
 	}
-	opts := rm.codes[code].Load()
-	if opts == nil {
+	rm.m.requests.Add(context.Background(), 1, rm.codeOpts(code)...)
+}
+
+func (rm *routeMetrics) codeOpts(code int) []metric.AddOption {
+	for {
+		cur := rm.codes.Load()
+		if cur != nil {
+			for _, c := range *cur {
+				if c.code == code {
+					return c.opts
+				}
+			}
+		}
 		o := []metric.AddOption{metric.WithAttributeSet(attribute.NewSet(rm.route, attribute.Int("code", code)))}
-		rm.codes[code].Store(&o)
-		opts = &o
+		var next []codeOpts
+		if cur != nil {
+			next = append(next, *cur...)
+		}
+		next = append(next, codeOpts{code, o})
+		if rm.codes.CompareAndSwap(cur, &next) {
+			return o
+		}
 	}
-	rm.m.requests.Add(context.Background(), 1, *opts...)
 }
 
 func (rm *routeMetrics) observe(seconds float64) {

@@ -71,11 +71,11 @@ func TestCleanPath(t *testing.T) {
 }
 
 func TestMatch(t *testing.T) {
-	tab := &table{}
-	for _, p := range []string{"/", "/svc/", "/svc/v2", "/other"} {
-		tab.routes = append(tab.routes, &route{Route: Route{Prefix: p}, prefix: strings.TrimRight(p, "/")})
+	var rs []*route
+	for _, p := range []string{"/", "/svc/", "/svc/v2", "/other", "/a/b/c/d"} {
+		rs = append(rs, &route{Route: Route{Prefix: p}, prefix: strings.TrimRight(p, "/")})
 	}
-	tab.sort()
+	tab := tableOf(rs...)
 	tests := []struct {
 		path, prefix, rest string
 	}{
@@ -89,6 +89,9 @@ func TestMatch(t *testing.T) {
 		{"/SVC/x", "/", "/SVC/x"},
 		{"/other/x", "/other", "/x"},
 		{"/", "/", "/"},
+		{"/a/b/c/d/e/f", "/a/b/c/d", "/e/f"},
+		{"/a/b/c", "/", "/a/b/c"},
+		{"/svc//x", "/svc/", "//x"},
 	}
 	for _, tc := range tests {
 		rt, rest := tab.match(tc.path)
@@ -100,6 +103,16 @@ func TestMatch(t *testing.T) {
 			t.Errorf("match(%q) = %q, %q; want %q, %q", tc.path, got, rest, tc.prefix, tc.rest)
 		}
 	}
+}
+
+// tableOf is a Table of routes made by hand, for matching alone.
+func tableOf(rs ...*route) *Table {
+	t := &Table{routes: map[string]*route{}}
+	for _, rt := range rs {
+		t.routes[rt.prefix] = rt
+		t.depth = max(t.depth, strings.Count(rt.prefix, "/"))
+	}
+	return t
 }
 
 func TestTargetPath(t *testing.T) {
@@ -130,12 +143,12 @@ func FuzzRoutePath(f *testing.F) {
 	for _, s := range []string{"/api/a/b", "/api/../admin", "/api/%2e%2e/x", "/api/a%2fb", "/api/..;/x", "/api//x", "/apix", "/api", "/", "/api/./", "/api/a/../../b"} {
 		f.Add(s)
 	}
-	tab := &table{}
-	for _, p := range []string{"/api/", "/admin/"} {
+	var rs []*route
+	for _, p := range []string{"/api/", "/admin/", "/api/v2/deep/"} {
 		up := "/base"
-		tab.routes = append(tab.routes, &route{Route: Route{Prefix: p, StripPrefix: true}, prefix: strings.TrimRight(p, "/"), base: up, root: up + "/"})
+		rs = append(rs, &route{Route: Route{Prefix: p, StripPrefix: true}, prefix: strings.TrimRight(p, "/"), base: up, root: up + "/"})
 	}
-	tab.sort()
+	tab := tableOf(rs...)
 	f.Fuzz(func(t *testing.T, p string) {
 		if !strings.HasPrefix(p, "/") {
 			p = "/" + p
@@ -144,8 +157,14 @@ func FuzzRoutePath(f *testing.F) {
 		if rt == nil {
 			return
 		}
-		if !strings.HasPrefix(p, rt.prefix) {
+		if !strings.HasPrefix(p, rt.prefix) || !strings.HasPrefix(rest+"/", "/") {
 			t.Fatalf("match(%q) chose %q", p, rt.prefix)
+		}
+		// No longer prefix matches whole segments.
+		for _, other := range tab.routes {
+			if len(other.prefix) > len(rt.prefix) && strings.HasPrefix(p, other.prefix) && (len(p) == len(other.prefix) || p[len(other.prefix)] == '/') {
+				t.Fatalf("match(%q) chose %q over the longer %q", p, rt.prefix, other.prefix)
+			}
 		}
 		out, ok := rt.outPath(rest)
 		if !ok {

@@ -39,7 +39,7 @@ func TestWebSocketUpgrade(t *testing.T) {
 		brw.Flush()
 	}))
 	defer up.Close()
-	base, _ := newProxy(t, Options{}, testRoute(t, "/ws/", up.URL))
+	base, _ := newProxy(t, Inbound{}, testRoute(t, "/ws/", up.URL))
 
 	conn, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
 	if err != nil {
@@ -72,7 +72,7 @@ func TestTrailersAnd1xxPass(t *testing.T) {
 		w.Header().Set("X-Checksum", "abc123")
 	}))
 	defer up.Close()
-	base, _ := newProxy(t, Options{}, testRoute(t, "/t/", up.URL))
+	base, _ := newProxy(t, Inbound{}, testRoute(t, "/t/", up.URL))
 	var early []int
 	trace := &httptrace.ClientTrace{Got1xxResponse: func(code int, h textproto.MIMEHeader) error {
 		early = append(early, code)
@@ -103,7 +103,7 @@ func TestExpectContinueEarlyAnswer(t *testing.T) {
 	buffered := testRoute(t, "/buffered/", up.URL)
 	streamed := testRoute(t, "/streamed/", up.URL)
 	streamed.RetryOn = nil
-	base, _ := newProxy(t, Options{}, buffered, streamed)
+	base, _ := newProxy(t, Inbound{}, buffered, streamed)
 	client := &http.Client{Transport: &http.Transport{ExpectContinueTimeout: 10 * time.Second, TLSClientConfig: &tls.Config{}}}
 	for _, path := range []string{"/buffered/x", "/streamed/x"} {
 		req, _ := http.NewRequest("POST", base+path, bytes.NewReader(make([]byte, 64<<10)))
@@ -124,7 +124,7 @@ func TestExpectContinueEarlyAnswer(t *testing.T) {
 // names a header as hop-by-hop; the token is set after that removal.
 func TestConnectionHeaderCannotStripTheToken(t *testing.T) {
 	up := newUpstream(t, nil)
-	base, _ := newProxy(t, Options{}, testRoute(t, "/c/", up.URL))
+	base, _ := newProxy(t, Inbound{}, testRoute(t, "/c/", up.URL))
 	status, _, _ := rawGet(t, base, "/c/x", "Connection: Authorization, X-Keep\r\n", "X-Keep: 1\r\n")
 	if status != 200 {
 		t.Fatalf("status %d", status)
@@ -144,7 +144,7 @@ func TestCompressionPassesThrough(t *testing.T) {
 		w.Header().Set("X-Got-Accept-Encoding", r.Header.Get("Accept-Encoding"))
 		w.Write([]byte("\x1f\x8bnot really gzip"))
 	})
-	base, _ := newProxy(t, Options{}, testRoute(t, "/z/", up.URL))
+	base, _ := newProxy(t, Inbound{}, testRoute(t, "/z/", up.URL))
 	resp, body := get(t, base+"/z/x", "Accept-Encoding", "gzip, br")
 	if resp.Header.Get("Content-Encoding") != "gzip" || resp.Header.Get("X-Got-Accept-Encoding") != "gzip, br" || string(body) != "\x1f\x8bnot really gzip" {
 		t.Errorf("encoding %q, upstream saw %q, body %q", resp.Header.Get("Content-Encoding"), resp.Header.Get("X-Got-Accept-Encoding"), body)

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"crypto/tls"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -64,7 +65,8 @@ type authTransport struct{ rt *route }
 
 func (t authTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	rt := t.rt
-	tok, err := rt.Tokens.Token(req.Context())
+	o := outcomeOf(req.Context())
+	tok, err := rt.token(req, o)
 	if err != nil {
 		closeBody(req)
 		return nil, &TokenError{Err: err}
@@ -77,7 +79,13 @@ func (t authTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		canRetry = body != nil
 	}
-	req.Header[rt.header] = rt.credential(tok)
+	cred, err := rt.credential(tok)
+	if err != nil {
+		closeBody(req)
+		body.done()
+		return nil, err
+	}
+	req.Header[rt.header] = cred
 	resp, err := rt.Transport.RoundTrip(req)
 	if err != nil || !slices.Contains(rt.RetryOn, resp.StatusCode) {
 		body.done()
@@ -91,7 +99,7 @@ func (t authTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 			"status", resp.StatusCode, "retry_body_limit", rt.RetryBodyLimit)
 		return resp, nil
 	}
-	fresh, err := rt.Tokens.Token(req.Context())
+	fresh, err := rt.token(req, o)
 	if err != nil {
 		body.done()
 		resp.Body.Close()
@@ -101,27 +109,65 @@ func (t authTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		body.done()
 		return resp, nil
 	}
+	cred, err = rt.credential(fresh)
+	if err != nil {
+		body.done()
+		resp.Body.Close()
+		return nil, err
+	}
 	drain(resp.Body)
 	again := req.Clone(req.Context())
 	if body != nil {
 		again.Body, _ = again.GetBody()
 	}
-	again.Header[rt.header] = rt.credential(fresh)
+	again.Header[rt.header] = cred
 	rt.met.retried()
+	if o != nil {
+		o.Retried = true
+	}
 	resp, err = rt.Transport.RoundTrip(again)
 	body.done()
 	return resp, err
 }
 
-// credential returns the header value carrying tok. The value of the
-// current token is cached, so that steady state allocates nothing.
-func (rt *route) credential(tok string) []string {
-	if c := rt.cred.Load(); c != nil && c.token == tok {
-		return c.value
+// token asks the route's token source, timing the wait when observed.
+func (rt *route) token(req *http.Request, o *Outcome) (string, error) {
+	if o == nil {
+		return rt.Tokens.Token(req.Context())
 	}
-	c := &credential{token: tok, value: []string{rt.before + tok + rt.after}}
+	start := time.Now()
+	tok, err := rt.Tokens.Token(req.Context())
+	o.TokenWait += time.Since(start)
+	return tok, err
+}
+
+// credential returns the header value carrying tok. The value of the
+// current token is cached, so that steady state allocates nothing. A value
+// that cannot be a header (the token source let garbage through) is a
+// token error, never an upstream one: the upstream has not been asked.
+func (rt *route) credential(tok string) ([]string, error) {
+	if c := rt.cred.Load(); c != nil && c.token == tok {
+		return c.value, nil
+	}
+	v := rt.before + tok + rt.after
+	if !validHeaderValue(v) {
+		rt.Tokens.Invalidate(tok)
+		return nil, &TokenError{Err: fmt.Errorf("the token of oauth2 %q holds characters a header cannot carry", rt.OAuth2)}
+	}
+	c := &credential{token: tok, value: []string{v}}
 	rt.cred.Store(c)
-	return c.value
+	return c.value, nil
+}
+
+// validHeaderValue reports whether v is a field value net/http will send
+// (RFC 9110 §5.5: visible ASCII, spaces and tabs; no CR, LF or NUL).
+func validHeaderValue(v string) bool {
+	for i := 0; i < len(v); i++ {
+		if c := v[i]; c < 0x20 && c != '\t' || c == 0x7f {
+			return false
+		}
+	}
+	return true
 }
 
 type credential struct {
@@ -130,11 +176,17 @@ type credential struct {
 }
 
 // drain reads a little of a discarded response so that its connection can
-// be reused, then closes it.
+// be reused, then closes it. A body that does not end soon is cut: the
+// retry must not wait on an upstream that keeps its rejection open.
 func drain(b io.ReadCloser) {
+	cut := time.AfterFunc(drainTime, func() { b.Close() })
 	io.CopyN(io.Discard, b, 64<<10)
+	cut.Stop()
 	b.Close()
 }
+
+// drainTime bounds drain.
+const drainTime = 250 * time.Millisecond
 
 func closeBody(req *http.Request) {
 	if req.Body != nil {

@@ -5,30 +5,36 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 )
 
+// slowIdP answers after a while, as a real IdP does: everyone piles up.
+type slowIdP struct{ hits atomic.Int64 }
+
+func (i *slowIdP) RoundTrip(r *http.Request) (*http.Response, error) {
+	i.hits.Add(1)
+	time.Sleep(20 * time.Millisecond)
+	return &http.Response{StatusCode: 200, Header: http.Header{}, Request: r,
+		Body: io.NopCloser(strings.NewReader(`{"access_token":"t","token_type":"Bearer","expires_in":3600}`))}, nil
+}
+
+func benchConfig(idp http.RoundTripper) Config {
+	c := testConfig(idp)
+	c.Logger = slog.New(slog.DiscardHandler)
+	return c
+}
+
 // BenchmarkColdBurst: 1000 concurrent requests for a token that is not
 // cached yet. It reports the token requests each burst made (goal: 1).
 func BenchmarkColdBurst(b *testing.B) {
-	var hits atomic.Int64
-	idp := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		hits.Add(1)
-		time.Sleep(20 * time.Millisecond) // a real IdP takes a while: everyone piles up
-		io.WriteString(w, `{"access_token":"t","token_type":"Bearer","expires_in":3600}`)
-	}))
-	defer idp.Close()
+	idp := &slowIdP{}
 	const burst = 1000
 	for b.Loop() {
-		src, err := New(Config{
-			Endpoint: Endpoint{Name: "bench", TokenURL: idp.URL, ClientID: "c", ClientSecret: "s"},
-			Grant:    Grant{Type: GrantClientCredentials},
-			Logger:   slog.New(slog.DiscardHandler),
-		})
+		src, err := New(benchConfig(idp))
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -43,20 +49,12 @@ func BenchmarkColdBurst(b *testing.B) {
 		wg.Wait()
 		src.Close()
 	}
-	b.ReportMetric(float64(hits.Load())/float64(b.N), "token-requests/burst")
+	b.ReportMetric(float64(idp.hits.Load())/float64(b.N), "token-requests/burst")
 }
 
 // BenchmarkCachedToken is the hot path of every proxied request.
 func BenchmarkCachedToken(b *testing.B) {
-	idp := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.WriteString(w, `{"access_token":"t","token_type":"Bearer","expires_in":3600}`)
-	}))
-	defer idp.Close()
-	src, _ := New(Config{
-		Endpoint: Endpoint{Name: "bench", TokenURL: idp.URL, ClientID: "c", ClientSecret: "s"},
-		Grant:    Grant{Type: GrantClientCredentials},
-		Logger:   slog.New(slog.DiscardHandler),
-	})
+	src, _ := New(benchConfig(&fakeIdP{}))
 	ctx := context.Background()
 	src.Token(ctx)
 	b.ReportAllocs()
@@ -67,4 +65,18 @@ func BenchmarkCachedToken(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkScrub is the cost the scrubber adds to a log line, with the
+// secrets of 50 oauth2 entries known.
+func BenchmarkScrub(b *testing.B) {
+	sc := NewScrubber()
+	for i := range 50 {
+		sc.AddClient("client-"+strings.Repeat("x", i), Secret("secret-value-"+strings.Repeat("y", i)))
+	}
+	line := `{"time":"2026-12-02T10:00:00Z","level":"WARN","msg":"token request failed","oauth2":"corp","error":"token endpoint https://idp.example.com/token answered 401 invalid_client"}`
+	b.ReportAllocs()
+	for b.Loop() {
+		sc.Scrub(line)
+	}
 }

@@ -17,9 +17,10 @@ type Error struct {
 	Status   int    // HTTP status of the answer; 0 when there was none
 	// Code is the RFC 6749 §5.2 error code, when the answer had a valid one.
 	Code string
-	// Description is the IdP's error_description, trimmed, printable and
-	// scrubbed of configured secrets. It goes to logs and to the operator's
-	// `oauthproxy token` command, never to a proxied client.
+	// Description is the IdP's error_description made safe: scrubbed of
+	// every known secret in every encoding, printable, trimmed, and with
+	// long opaque runs masked (safeDescription). It goes to logs and to the
+	// operator's `oauthproxy token` command, never to a proxied client.
 	Description string
 	// Permanent means the IdP refused the request as configured
 	// (invalid_client, invalid_grant, ...): retrying soon cannot help.
@@ -60,6 +61,39 @@ func (e *Error) Error() string {
 }
 
 func (e *Error) Unwrap() error { return e.Err }
+
+// HTTPStatus and ErrorCode say how the proxy answers a request that could
+// not get a token: 502 token_unavailable.
+func (e *Error) HTTPStatus() int   { return http.StatusBadGateway }
+func (e *Error) ErrorCode() string { return "token_unavailable" }
+
+// LoginRequiredError: the entry's grant needs a person to sign in
+// (authorization code, device code) and no refresh token is stored, or the
+// server refused the stored one. Its message names where to sign in.
+type LoginRequiredError struct {
+	OAuth2 string
+	// LoginURL is where to sign in, when the entry has a login page; the
+	// device code grant names its verification URL instead.
+	LoginURL string
+	// Reason says why, when it is more than "no refresh token yet"
+	// (invalid_grant, access_denied, a pending device code).
+	Reason string
+}
+
+func (e *LoginRequiredError) Error() string {
+	msg := "oauth2 " + e.OAuth2 + ": sign-in required"
+	if e.Reason != "" {
+		msg += " (" + e.Reason + ")"
+	}
+	if e.LoginURL != "" {
+		msg += ": sign in at " + e.LoginURL
+	}
+	return msg
+}
+
+// HTTPStatus and ErrorCode: 503 login_required.
+func (e *LoginRequiredError) HTTPStatus() int   { return http.StatusServiceUnavailable }
+func (e *LoginRequiredError) ErrorCode() string { return "login_required" }
 
 // Detail is Error() with the IdP's description, for logs and the operator.
 func (e *Error) Detail() string {

@@ -7,10 +7,49 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"mime"
 	"strconv"
 	"strings"
 	"time"
 )
+
+// ResponseFields names where a token response keeps each field. A dotted
+// path reaches into nested objects ("data.token"); a key that itself holds
+// a dot is found first. Empty fields take the RFC 6749 §5.1 names.
+type ResponseFields struct {
+	AccessToken  string
+	ExpiresIn    string
+	RefreshToken string
+	TokenType    string
+	Scope        string
+}
+
+func (f ResponseFields) withDefaults() ResponseFields {
+	def := func(s *string, v string) {
+		if *s == "" {
+			*s = v
+		}
+	}
+	def(&f.AccessToken, "access_token")
+	def(&f.ExpiresIn, "expires_in")
+	def(&f.RefreshToken, "refresh_token")
+	def(&f.TokenType, "token_type")
+	def(&f.Scope, "scope")
+	return f
+}
+
+// describeBadBody says what a 2xx answer that is no token response was.
+func describeBadBody(err error, ctype string) error {
+	var syn *json.SyntaxError
+	if errors.As(err, &syn) || errors.Is(err, errNotObject) {
+		mt, _, _ := mime.ParseMediaType(ctype)
+		if mt == "" {
+			mt = "no content type"
+		}
+		return fmt.Errorf("the body is not a JSON token response (%s)", sanitize(mt, 64))
+	}
+	return err
+}
 
 // response is a parsed successful token response.
 type response struct {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -14,104 +13,75 @@ import (
 	"golang.org/x/sync/singleflight"
 )
 
-// Grant types a Source speaks.
-const (
-	GrantClientCredentials = "client_credentials"
-	GrantPassword          = "password"
-	GrantRefreshToken      = "refresh_token"
-)
-
-// Grant is how a Source obtains tokens (RFC 6749 §4.4, §4.3, §6).
-type Grant struct {
-	Type     string // one of the Grant* constants
-	Username string // password grant
-	Password Secret // password grant
-	// RefreshToken starts a refresh_token grant. A rotated refresh token in
-	// a response replaces it (in memory) for the next request. A password
-	// grant that is given a refresh token uses it too, and falls back to
-	// the password when the IdP refuses it.
-	RefreshToken Secret
-}
-
-// Defaults for a Config's zero fields.
-const (
-	DefaultRefreshBefore = 60 * time.Second
-	// DefaultForceInterval is how often at most an upstream's rejection
-	// (a 401) may force a new token: an upstream that rejects every token
-	// must not turn into a storm on the token endpoint.
-	DefaultForceInterval = 5 * time.Second
-	// minFetchInterval paces token requests, however short-lived the tokens.
-	minFetchInterval = time.Second
-)
-
-// Backoff after failed token requests: transient failures (5xx, 429,
-// network, garbage) start short; refusals (invalid_client...) start long.
-const (
-	transientBackoff    = time.Second
-	transientBackoffMax = 2 * time.Minute
-	permanentBackoff    = 30 * time.Second
-	permanentBackoffMax = 10 * time.Minute
-	retryAfterMax       = 15 * time.Minute
-)
-
 // Config configures a Source.
 type Config struct {
-	Endpoint Endpoint
-	Grant    Grant
+	// Name is the oauth2 entry's name; errors, logs and metrics carry it.
+	Name string
+	// Fingerprint identifies the entry's effective settings (secrets as
+	// digests); Status shows it so that a reload can tell entries apart.
+	Fingerprint string
+	// Client reaches the authorization server and authenticates there.
+	Client *Client
+	// TokenURL is the token endpoint; TokenMethod is POST (default) or GET.
+	TokenURL    string
+	TokenMethod string
+	// Params go with every token request: scope, audience, resource and
+	// the entry's extra parameters.
+	Params Form
+	// Fields says where the token response keeps each field.
+	Fields ResponseFields
+	Grant  Grant
+	// Store keeps refresh tokens under StoreKey (default Name). Nil is a
+	// MemoryStore of the Source's own.
+	Store    Store
+	StoreKey string
+	// LoginURL is where a person signs in for this entry (the admin
+	// listener's login page), named by login_required errors.
+	LoginURL string
+
+	// DefaultTTL is the lifetime of a token whose response gives none (no
+	// expires_in, or 0) and that is not a JWT with an exp claim.
+	DefaultTTL time.Duration
+	// AnyTokenType accepts a token_type other than Bearer; set it when the
+	// token is not injected as "Bearer {token}".
+	AnyTokenType bool
 	// RefreshBefore renews a token this long before it expires (default
 	// 60s). A token living less than twice that is renewed at half-life.
 	RefreshBefore time.Duration
 	// ForceInterval rate-limits Invalidate (default DefaultForceInterval).
 	ForceInterval time.Duration
-	// ReloadSecret, when set, is called once after an invalid_client answer
-	// to re-read a client secret kept in a file; a changed secret is tried
-	// at once (rotation).
-	ReloadSecret func() (Secret, error)
-	Logger       *slog.Logger // nil: slog.Default()
-	Metrics      *Metrics     // nil: none
-	Now          func() time.Time
-}
 
-// Token is an access token and what is known of it. Tokens are immutable.
-type Token struct {
-	AccessToken Secret
-	Type        string
-	Scopes      []string
-	Obtained    time.Time // when the request for it was sent
-	Expiry      time.Time
-	// ExpirySource says where Expiry came from: "expires_in", "jwt exp" or "default_ttl".
-	ExpirySource string
-
-	refreshAt   time.Time // renew in the background from then on
-	usableUntil time.Time // never used after this: Expiry minus a margin
-	value       string
+	Logger  *slog.Logger // nil: slog.Default()
+	Metrics *Metrics     // nil: none
+	// Scrub learns the entry's refresh and access tokens as they arrive,
+	// so that no log line can hold them.
+	Scrub *Scrubber
+	Now   func() time.Time
 }
 
 // Source obtains, caches and renews the tokens of one oauth2 entry. It is
-// safe for concurrent use. Token takes no lock when a cached token is fresh.
+// made of three parts that can be read on their own: the cache (the current
+// token, invalidation), the schedule (pacing, backoff, renewal times) and
+// the grant (what a token request sends). It is safe for concurrent use;
+// Token takes no lock when a cached token is fresh.
 type Source struct {
-	name   string
-	grant  Grant
-	log    *slog.Logger
-	now    func() time.Time
-	met    *sourceMetrics
-	before time.Duration
-	force  time.Duration
-	reload func() (Secret, error)
+	name     string
+	cfg      Config
+	client   *Client
+	grant    Grant
+	store    Store
+	key      string
+	life     lifetime
+	log      *slog.Logger
+	now      func() time.Time
+	met      *sourceMetrics
+	cache    cache
+	sched    schedule
+	sf       singleflight.Group
+	renewing atomic.Bool
 
-	cur atomic.Pointer[Token]
-	sf  singleflight.Group
-
-	mu          sync.Mutex // guards the fields below; never held across I/O
-	req         *request
-	refresh     Secret // current refresh token, if any
-	lastOK      time.Time
-	lastErr     error
-	lastErrAt   time.Time
-	failures    int
-	retryAt     time.Time
-	lastAttempt time.Time
-	lastForced  time.Time
+	mu  sync.Mutex // guards rec; never held across I/O
+	rec Record     // the stored record as last read or written
 
 	wake      chan struct{}
 	stop      chan struct{}
@@ -124,37 +94,35 @@ type Source struct {
 // New returns a Source for cfg. It fetches nothing until asked (Token,
 // Fetch) or started (Start).
 func New(cfg Config) (*Source, error) {
-	switch cfg.Grant.Type {
-	case GrantClientCredentials:
-	case GrantPassword:
-		if cfg.Grant.Username == "" {
-			return nil, fmt.Errorf("oauth2 %q: the password grant needs a username", cfg.Endpoint.Name)
-		}
-	case GrantRefreshToken:
-		if cfg.Grant.RefreshToken == "" {
-			return nil, fmt.Errorf("oauth2 %q: the refresh_token grant needs a refresh token", cfg.Endpoint.Name)
-		}
-	default:
-		return nil, fmt.Errorf("oauth2 %q: grant_type %q is not supported", cfg.Endpoint.Name, cfg.Grant.Type)
+	if cfg.Client == nil || cfg.Grant == nil {
+		return nil, fmt.Errorf("oauth2 %q: no client or grant", cfg.Name)
 	}
-	ep := cfg.Endpoint
-	req, err := newRequest(&ep)
-	if err != nil {
-		return nil, err
+	if _, err := safeEndpoint(cfg.TokenURL); err != nil {
+		return nil, fmt.Errorf("oauth2 %q: token_url: %w", cfg.Name, err)
 	}
 	s := &Source{
-		name:    ep.Name,
-		grant:   cfg.Grant,
-		log:     cfg.Logger,
-		now:     cfg.Now,
-		before:  cfg.RefreshBefore,
-		force:   cfg.ForceInterval,
-		reload:  cfg.ReloadSecret,
-		req:     req,
-		refresh: cfg.Grant.RefreshToken,
-		wake:    make(chan struct{}, 1),
-		stop:    make(chan struct{}),
-		done:    make(chan struct{}),
+		name:   cfg.Name,
+		cfg:    cfg,
+		client: cfg.Client,
+		grant:  cfg.Grant,
+		store:  cfg.Store,
+		key:    cfg.StoreKey,
+		life:   lifetime{defaultTTL: cfg.DefaultTTL, refreshBefore: cfg.RefreshBefore, anyType: cfg.AnyTokenType},
+		log:    cfg.Logger,
+		now:    cfg.Now,
+		wake:   make(chan struct{}, 1),
+		stop:   make(chan struct{}),
+		done:   make(chan struct{}),
+	}
+	s.cache.force = cfg.ForceInterval
+	if s.cache.force <= 0 {
+		s.cache.force = DefaultForceInterval
+	}
+	if s.store == nil {
+		s.store = &MemoryStore{}
+	}
+	if s.key == "" {
+		s.key = cfg.Name
 	}
 	if s.log == nil {
 		s.log = slog.Default()
@@ -163,11 +131,10 @@ func New(cfg Config) (*Source, error) {
 	if s.now == nil {
 		s.now = time.Now
 	}
-	if s.before <= 0 {
-		s.before = DefaultRefreshBefore
-	}
-	if s.force <= 0 {
-		s.force = DefaultForceInterval
+	if seeder, ok := s.grant.(Seeder); ok && seeder.Seed() != "" {
+		if err := s.seed(seeder.Seed()); err != nil {
+			return nil, err
+		}
 	}
 	if cfg.Metrics != nil {
 		s.met = cfg.Metrics.register(s)
@@ -175,12 +142,37 @@ func New(cfg Config) (*Source, error) {
 	return s, nil
 }
 
+// seed stores a configured refresh token unless the store holds one (a
+// rotated successor is newer than the config's).
+func (s *Source) seed(rt Secret) error {
+	ctx := context.Background()
+	rec, err := s.store.Load(ctx, s.key)
+	switch {
+	case err == nil && rec.RefreshToken != "":
+		s.rec = rec
+		return nil
+	case err != nil && !errors.Is(err, ErrNotFound):
+		return fmt.Errorf("oauth2 %q: reading the store: %w", s.name, err)
+	}
+	rec.RefreshToken, rec.Updated = rt, s.now()
+	stored, err := s.store.CompareAndSwap(ctx, s.key, rec.Generation, rec)
+	if err != nil {
+		return fmt.Errorf("oauth2 %q: storing the refresh token: %w", s.name, err)
+	}
+	s.rec = stored
+	s.cfg.Scrub.Set(s.name, rt)
+	return nil
+}
+
+// Name is the oauth2 entry's name.
+func (s *Source) Name() string { return s.name }
+
 // Token returns a usable access token, fetching one if none is cached. While
 // the token endpoint is backing off after failures it returns the last
 // error at once rather than waiting. It returns when ctx ends even if the
 // fetch goes on for the other waiters.
 func (s *Source) Token(ctx context.Context) (string, error) {
-	if t := s.cur.Load(); t != nil && s.now().Before(t.usableUntil) {
+	if t := s.cache.usable(s.now()); t != nil {
 		return t.value, nil
 	}
 	t, err := s.wait(ctx, false)
@@ -201,31 +193,18 @@ func (s *Source) Fetch(ctx context.Context) (*Token, error) {
 // same rejected token cause one fetch. Forced renewals are rate-limited to
 // one per ForceInterval; within it the token is kept.
 func (s *Source) Invalidate(token string) {
-	t := s.cur.Load()
-	if t == nil || t.value != token {
-		return // already replaced
-	}
-	now := s.now()
-	s.mu.Lock()
-	if !s.lastForced.IsZero() && now.Sub(s.lastForced) < s.force {
-		s.mu.Unlock()
-		s.log.Debug("upstream rejected the token; not renewing it again so soon", "interval", s.force)
-		return
-	}
-	s.lastForced = now
-	s.mu.Unlock()
-	if s.cur.CompareAndSwap(t, nil) {
+	switch dropped, limited := s.cache.invalidate(token, s.now()); {
+	case dropped:
 		s.log.Info("upstream rejected the token; fetching a new one")
+	case limited:
+		s.log.Debug("upstream rejected the token; not renewing it again so soon", "interval", s.cache.force)
 	}
 }
 
 // wait joins (or starts) the one fetch in flight.
 func (s *Source) wait(ctx context.Context, force bool) (*Token, error) {
 	if !force {
-		s.mu.Lock()
-		err, retryAt := s.lastErr, s.retryAt
-		s.mu.Unlock()
-		if err != nil && s.now().Before(retryAt) {
+		if err := s.sched.blocked(s.now()); err != nil {
 			return nil, err
 		}
 	}
@@ -243,12 +222,9 @@ func (s *Source) wait(ctx context.Context, force bool) (*Token, error) {
 	}
 }
 
-// fetch makes the token request. Only one runs at a time (single flight).
+// fetch obtains a token and caches it. Only one runs at a time (single flight).
 func (s *Source) fetch(ctx context.Context) (*Token, error) {
-	s.mu.Lock()
-	pause := s.lastAttempt.Add(minFetchInterval).Sub(s.now())
-	s.mu.Unlock()
-	if pause > 0 {
+	if pause := s.sched.pause(s.now()); pause > 0 {
 		t := time.NewTimer(pause)
 		select {
 		case <-t.C:
@@ -257,163 +233,171 @@ func (s *Source) fetch(ctx context.Context) (*Token, error) {
 			return nil, errors.New("token source closed")
 		}
 	}
-
+	s.renewing.Store(true)
+	defer s.renewing.Store(false)
 	start := s.now()
-	s.mu.Lock()
-	s.lastAttempt = start
-	req, refresh := s.req, s.refresh
-	s.mu.Unlock()
-
-	resp, tok, err := s.attempt(ctx, req, refresh, start)
-	if err != nil {
-		resp, tok, err = s.fallback(ctx, err, req, refresh, start)
+	s.sched.attempt(start)
+	tok, err := s.obtain(ctx, start)
+	var lr *LoginRequiredError
+	if !errors.As(err, &lr) { // waiting for a person is not a token request
+		s.met.record(err, s.now().Sub(start))
 	}
-	elapsed := s.now().Sub(start)
-	s.met.record(err, elapsed)
 	if err != nil {
 		s.failed(err)
 		return nil, err
 	}
-	s.succeeded(tok, resp.RefreshToken)
+	s.succeeded(tok)
 	return tok, nil
 }
 
-// attempt sends one token request and checks the answer.
-func (s *Source) attempt(ctx context.Context, req *request, refresh Secret, start time.Time) (*response, *Token, error) {
-	resp, err := s.request(ctx, req, refresh)
-	if err != nil {
-		return nil, nil, err
+// obtain renews with the stored refresh token when there is one, and
+// otherwise asks with the grant. A refresh token the server refuses
+// (invalid_grant) is forgotten, and the grant decides what comes next.
+func (s *Source) obtain(ctx context.Context, start time.Time) (*Token, error) {
+	if s.grant.KeepsRefreshToken() {
+		rec, err := s.record(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if rec.RefreshToken != "" {
+			tok, err := s.exchange(ctx, refreshParams(rec.RefreshToken), start)
+			var te *Error
+			if err == nil || !errors.As(err, &te) || te.Code != "invalid_grant" {
+				return tok, err
+			}
+			s.forget(ctx, rec, te)
+		}
 	}
-	tok, err := s.newToken(resp, start)
-	if err != nil {
-		return nil, nil, err
-	}
-	return resp, tok, nil
-}
-
-// request sends the grant's request: a refresh token when one is known.
-func (s *Source) request(ctx context.Context, req *request, refresh Secret) (*response, error) {
-	if refresh != "" {
-		return req.do(ctx, []param{{"grant_type", GrantRefreshToken}, {"refresh_token", refresh}}, refresh)
-	}
-	switch s.grant.Type {
-	case GrantPassword:
-		return req.do(ctx, []param{{"grant_type", GrantPassword}, {"username", Secret(s.grant.Username)}, {"password", s.grant.Password}}, s.grant.Password)
-	case GrantRefreshToken:
-		return nil, &Error{OAuth2: s.name, Endpoint: req.endpoint, Permanent: true,
-			Err: errors.New("no refresh token: the IdP refused the last one; configure a new refresh_token")}
-	default:
-		return req.do(ctx, []param{{"grant_type", GrantClientCredentials}})
-	}
-}
-
-// fallback retries once where a second try can succeed at once: a password
-// grant whose refresh token was refused, or a client secret file that was
-// rotated after an invalid_client answer.
-func (s *Source) fallback(ctx context.Context, err error, req *request, refresh Secret, start time.Time) (*response, *Token, error) {
-	var te *Error
-	if !errors.As(err, &te) {
-		return nil, nil, err
-	}
+	params, err := s.grant.Params(ctx)
 	switch {
-	case refresh != "" && te.Permanent:
-		// The refresh token is dead (invalid_grant): forget it.
-		s.mu.Lock()
-		if s.refresh == refresh {
-			s.refresh = ""
+	case errors.Is(err, ErrNoRefreshToken):
+		return nil, &Error{OAuth2: s.name, Endpoint: SafeURL(s.cfg.TokenURL), Permanent: true, Err: err}
+	case err != nil:
+		var lr *LoginRequiredError
+		if errors.As(err, &lr) && lr.LoginURL == "" {
+			lr.LoginURL = s.cfg.LoginURL
 		}
-		s.mu.Unlock()
-		if s.grant.Type == GrantPassword {
-			s.log.Info("the IdP refused the refresh token; signing in with the password", "error", te.Detail())
-			return s.attempt(ctx, req, "", start)
-		}
-	case te.Code == "invalid_client" && s.reload != nil:
-		secret, rerr := s.reload()
-		if rerr != nil {
-			s.log.Warn("re-reading the client secret after invalid_client failed", "error", rerr)
-			return nil, nil, err
-		}
-		if secret == req.ep.ClientSecret {
-			return nil, nil, err
-		}
-		ep := *req.ep
-		ep.ClientSecret = secret
-		nreq, nerr := newRequest(&ep)
-		if nerr != nil {
-			return nil, nil, err
-		}
-		s.mu.Lock()
-		s.req = nreq
-		s.mu.Unlock()
-		s.log.Info("the client secret changed on disk; trying the new one")
-		return s.attempt(ctx, nreq, refresh, start)
+		return nil, err
 	}
-	return nil, nil, err
+	return s.exchange(ctx, params, start)
 }
 
-// newToken checks a response and works out when to renew the token.
-func (s *Source) newToken(r *response, obtained time.Time) (*Token, error) {
-	req := s.currentRequest()
-	if r.TokenType != "" && !strings.EqualFold(r.TokenType, "bearer") && !req.ep.AnyTokenType {
-		return nil, &Error{OAuth2: s.name, Endpoint: req.endpoint, Status: 200,
-			Err: fmt.Errorf("token_type %q is not Bearer (set inject.format for another scheme)", sanitize(r.TokenType, 32))}
+// record returns the stored record, reading the store again so that a
+// refresh token stored by another process (`oauthproxy login`) is seen.
+func (s *Source) record(ctx context.Context) (Record, error) {
+	rec, err := s.store.Load(ctx, s.key)
+	if errors.Is(err, ErrNotFound) {
+		rec, err = Record{}, nil
 	}
-	t := &Token{
-		AccessToken: Secret(r.AccessToken),
-		Type:        r.TokenType,
-		Scopes:      r.Scope,
-		Obtained:    obtained,
-		value:       r.AccessToken,
+	if err != nil {
+		return Record{}, &Error{OAuth2: s.name, Endpoint: SafeURL(s.cfg.TokenURL), Err: fmt.Errorf("reading the token store: %w", err)}
 	}
-	if t.Type == "" {
-		t.Type = "Bearer"
-	}
-	ttl := req.ep.DefaultTTL
-	if ttl <= 0 {
-		ttl = DefaultTokenTTL
-	}
-	switch exp, ok := jwtExpiry(r.AccessToken); {
-	case r.ExpiresIn > 0:
-		t.Expiry, t.ExpirySource = obtained.Add(r.ExpiresIn), "expires_in"
-	case ok && exp.After(obtained):
-		t.Expiry, t.ExpirySource = exp, "jwt exp"
-		if t.Expiry.Sub(obtained) > MaxTokenLifetime {
-			t.Expiry = obtained.Add(MaxTokenLifetime)
-		}
-	default:
-		t.Expiry, t.ExpirySource = obtained.Add(ttl), "default_ttl"
-	}
-	life := t.Expiry.Sub(obtained)
-	// Stop using a token a little before it expires, for clock skew and
-	// the time the request takes to reach the upstream.
-	t.usableUntil = t.Expiry.Add(-min(10*time.Second, life/10))
-	t.refreshAt = t.Expiry.Add(-s.before)
-	if half := obtained.Add(life / 2); t.refreshAt.Before(half) {
-		t.refreshAt = half
-	}
-	if floor := obtained.Add(minFetchInterval); t.refreshAt.Before(floor) {
-		t.refreshAt = floor
-	}
-	return t, nil
-}
-
-func (s *Source) currentRequest() *request {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.req
-}
-
-func (s *Source) succeeded(t *Token, refresh string) {
-	now := s.now()
-	s.mu.Lock()
-	recovered := s.lastErr != nil
-	s.lastOK, s.lastErr, s.failures, s.retryAt = now, nil, 0, time.Time{}
-	if refresh != "" && s.grant.Type != GrantClientCredentials {
-		s.refresh = Secret(refresh) // a rotated refresh token replaces the old one
-	}
+	s.rec = rec
 	s.mu.Unlock()
-	s.cur.Store(t)
+	return rec, nil
+}
+
+// forget deletes a refresh token the server refused.
+func (s *Source) forget(ctx context.Context, rec Record, why *Error) {
+	s.log.Warn("the server refused the stored refresh token; it is dropped", "error", why.Error())
+	err := s.store.Delete(ctx, s.key, rec.Generation)
+	if err != nil && !errors.Is(err, ErrConflict) {
+		s.log.Error("deleting the refused refresh token from the store failed", "error", err)
+	}
+	s.mu.Lock()
+	s.rec = Record{}
+	s.mu.Unlock()
+	s.cfg.Scrub.Set(s.name)
+}
+
+// exchange sends one token request (retrying once with a rotated client
+// secret after invalid_client) and turns the answer into a Token. A new
+// refresh token is stored before the token is returned.
+func (s *Source) exchange(ctx context.Context, grant Form, start time.Time) (*Token, error) {
+	tok, rt, err := s.request(ctx, grant, start)
+	var te *Error
+	if errors.As(err, &te) && te.Code == "invalid_client" {
+		switch changed, rerr := s.client.Auth.Rotate(); {
+		case rerr != nil:
+			s.log.Warn("re-reading the client credentials after invalid_client failed", "error", rerr)
+		case changed:
+			s.log.Info("the client credentials changed on disk; trying the new ones")
+			tok, rt, err = s.request(ctx, grant, start)
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	if rt != "" && s.grant.KeepsRefreshToken() {
+		s.keep(ctx, rt, tok)
+	}
+	return tok, nil
+}
+
+// request sends the token request and checks the answer.
+func (s *Source) request(ctx context.Context, grant Form, start time.Time) (*Token, Secret, error) {
+	form := make(Form, 0, len(grant)+len(s.cfg.Params))
+	form = append(append(form, grant...), s.cfg.Params...)
+	a, err := s.client.Send(ctx, Request{Method: s.cfg.TokenMethod, URL: s.cfg.TokenURL, Form: form})
+	if err != nil {
+		return nil, "", err
+	}
+	if e := s.client.Refusal(a); e != nil {
+		return nil, "", e
+	}
+	garbage := func(err error) error {
+		return &Error{OAuth2: s.name, Endpoint: a.Endpoint, Status: a.Status, Err: err}
+	}
+	r, err := parseTokenResponse(a.Body, s.cfg.Fields.withDefaults())
+	if err != nil {
+		return nil, "", garbage(describeBadBody(err, a.Header.Get("Content-Type")))
+	}
+	tok, err := s.life.newToken(r, start)
+	if err != nil {
+		return nil, "", garbage(err)
+	}
+	return tok, Secret(r.RefreshToken), nil
+}
+
+// keep stores a new refresh token, before its access token is used: a
+// rotated refresh token spent on the server and lost here would end the
+// grant (RFC 9700 §4.14.2). A store that cannot write keeps it in memory
+// and says so loudly; the next renewal tries again.
+func (s *Source) keep(ctx context.Context, rt Secret, tok *Token) {
+	s.cfg.Scrub.Set(s.name, rt, tok.AccessToken)
+	s.mu.Lock()
+	rec := s.rec
+	s.mu.Unlock()
+	if rec.RefreshToken == rt {
+		return
+	}
+	rec.RefreshToken, rec.Updated = rt, s.now()
+	stored, err := s.store.CompareAndSwap(ctx, s.key, rec.Generation, rec)
+	if errors.Is(err, ErrConflict) { // another process wrote meanwhile; ours is the newest
+		if cur, lerr := s.store.Load(ctx, s.key); lerr == nil || errors.Is(lerr, ErrNotFound) {
+			rec.Generation = cur.Generation
+			stored, err = s.store.CompareAndSwap(ctx, s.key, cur.Generation, rec)
+		}
+	}
+	if err != nil {
+		s.log.Error("storing the new refresh token failed; it is kept in memory only", "error", err)
+		stored = rec
+	}
+	s.mu.Lock()
+	s.rec = stored
+	s.mu.Unlock()
+}
+
+func (s *Source) succeeded(t *Token) {
+	now := s.now()
+	recovered := s.sched.succeeded(now)
+	s.cache.set(t)
 	s.met.setExpiry(t.Expiry)
+	s.mu.Lock()
+	rt := s.rec.RefreshToken
+	s.mu.Unlock()
+	s.cfg.Scrub.Set(s.name, rt, t.AccessToken)
 	attrs := []any{"token_type", t.Type, "expires_in", t.Expiry.Sub(t.Obtained).Round(time.Second).String(),
 		"expiry_from", t.ExpirySource, "renew_in", t.refreshAt.Sub(now).Round(time.Second).String()}
 	if len(t.Scopes) > 0 {
@@ -429,47 +413,28 @@ func (s *Source) succeeded(t *Token, refresh string) {
 
 func (s *Source) failed(err error) {
 	now := s.now()
-	var te *Error
-	errors.As(err, &te)
-	s.mu.Lock()
-	s.failures++
-	s.lastErr, s.lastErrAt = err, now
-	d := backoff(s.failures, te)
-	s.retryAt = now.Add(d)
-	n := s.failures
-	s.mu.Unlock()
-
+	d, n := s.sched.failed(err, now)
+	var lr *LoginRequiredError
+	if errors.As(err, &lr) {
+		if n == 1 {
+			s.log.Warn("sign-in required", "reason", lr.Error())
+		}
+		s.poke()
+		return
+	}
 	attrs := []any{"error", err.Error(), "attempt", n, "retry_in", d.Round(time.Millisecond).String()}
-	if te != nil {
+	var te *Error
+	if errors.As(err, &te) {
 		if te.Description != "" {
-			attrs = append(attrs, "error_description", te.Description)
+			attrs = append(attrs, "idp_description", te.Description)
 		}
 		attrs = append(attrs, "permanent", te.Permanent)
 	}
-	if t := s.cur.Load(); t != nil && now.Before(t.usableUntil) {
+	if t := s.cache.usable(now); t != nil {
 		attrs = append(attrs, "cached_token_valid_for", t.usableUntil.Sub(now).Round(time.Second).String())
 	}
 	s.log.Warn("token request failed", attrs...)
 	s.poke()
-}
-
-// backoff returns how long to wait after the n-th consecutive failure:
-// exponential, with jitter so that many proxies do not retry in step, and
-// never sooner than the IdP's Retry-After.
-func backoff(n int, te *Error) time.Duration {
-	base, ceil := transientBackoff, transientBackoffMax
-	if te != nil && te.Permanent {
-		base, ceil = permanentBackoff, permanentBackoffMax
-	}
-	d := base << min(n-1, 20)
-	if d > ceil || d <= 0 {
-		d = ceil
-	}
-	d = d/2 + rand.N(d/2+1) // jitter in [d/2, d]
-	if te != nil && te.RetryAfter > d {
-		d = min(te.RetryAfter, retryAfterMax)
-	}
-	return d
 }
 
 // poke wakes the renewal loop to reschedule.
@@ -526,81 +491,5 @@ func (s *Source) run() {
 // untilDue is the time left before the background loop should fetch.
 func (s *Source) untilDue() time.Duration {
 	now := s.now()
-	due := now
-	if t := s.cur.Load(); t != nil {
-		due = t.refreshAt
-	}
-	s.mu.Lock()
-	if s.lastErr != nil && s.retryAt.After(due) {
-		due = s.retryAt
-	}
-	s.mu.Unlock()
-	return due.Sub(now)
-}
-
-// Status is what /tokens and /readyz show of a Source: never the token.
-type Status struct {
-	OAuth2    string     `json:"oauth2"`
-	GrantType string     `json:"grant_type"`
-	TokenURL  string     `json:"token_url"`
-	State     string     `json:"state"` // pending | valid | refresh_failing | failing | expired
-	TokenType string     `json:"token_type,omitempty"`
-	Scopes    []string   `json:"scopes,omitempty"`
-	ExpiresAt *time.Time `json:"expires_at,omitempty"`
-	// ExpiryFrom is where the expiry came from: expires_in, jwt exp, default_ttl.
-	ExpiryFrom  string     `json:"expiry_from,omitempty"`
-	RenewAt     *time.Time `json:"renew_at,omitempty"`
-	LastRefresh *time.Time `json:"last_refresh,omitempty"`
-	LastError   string     `json:"last_error,omitempty"`
-	LastErrorAt *time.Time `json:"last_error_at,omitempty"`
-	Failures    int        `json:"consecutive_failures"`
-	NextAttempt *time.Time `json:"next_attempt,omitempty"`
-}
-
-// Ready reports whether the Source holds a usable token.
-func (st Status) Ready() bool { return st.State == "valid" || st.State == "refresh_failing" }
-
-// Status returns a snapshot of the Source's state.
-func (s *Source) Status() Status {
-	now := s.now()
-	ptr := func(t time.Time) *time.Time {
-		if t.IsZero() {
-			return nil
-		}
-		t = t.UTC().Truncate(time.Second)
-		return &t
-	}
-	s.mu.Lock()
-	st := Status{
-		OAuth2:      s.name,
-		GrantType:   s.grant.Type,
-		TokenURL:    s.req.endpoint,
-		LastRefresh: ptr(s.lastOK),
-		Failures:    s.failures,
-	}
-	if s.lastErr != nil {
-		st.LastError = s.lastErr.Error()
-		st.LastErrorAt = ptr(s.lastErrAt)
-		st.NextAttempt = ptr(s.retryAt)
-	}
-	s.mu.Unlock()
-	t := s.cur.Load()
-	usable := t != nil && now.Before(t.usableUntil)
-	switch {
-	case usable && st.LastError == "":
-		st.State = "valid"
-	case usable:
-		st.State = "refresh_failing"
-	case st.LastError != "":
-		st.State = "failing"
-	case t != nil:
-		st.State = "expired"
-	default:
-		st.State = "pending"
-	}
-	if usable {
-		st.TokenType, st.Scopes = t.Type, t.Scopes
-		st.ExpiresAt, st.RenewAt, st.ExpiryFrom = ptr(t.Expiry), ptr(t.refreshAt), t.ExpirySource
-	}
-	return st
+	return s.sched.due(s.cache.cur.Load(), now).Sub(now)
 }

@@ -4,9 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/netip"
-	"net/url"
 	"slices"
 	"strings"
 
@@ -18,69 +16,77 @@ import (
 
 // Options are what Build needs besides the config.
 type Options struct {
-	Logger       *slog.Logger        // nil: slog.Default()
-	Meter        metric.Meter        // request metrics; nil: none
+	Logger *slog.Logger // nil: slog.Default()
+	// Handler is the long-lived request handler the built table is meant
+	// for; nil makes a new one (with Meter).
+	Handler      *proxy.Handler
+	Meter        metric.Meter        // request metrics of a new Handler; nil: none
 	TokenMetrics *tokencache.Metrics // token metrics; nil: none
+	// Scrub learns every secret of the config, so that no log line holds
+	// one; nil: none.
+	Scrub *tokencache.Scrubber
 }
 
-// Runtime is a Config built for serving: the handler and the token source
-// of every oauth2 entry that a route uses. Nothing in it reads config again.
+// Runtime is a Config built for serving: the route table and the token
+// source of every oauth2 entry that a route uses, and the transports they
+// share. Nothing in it reads config again.
 type Runtime struct {
+	Config  *Config
 	Handler *proxy.Handler
+	// Table is the route table, to be put in service with Handler.Swap.
+	Table *proxy.Table
+	// Sources holds the token source of every oauth2 entry a route uses.
 	Sources map[string]*tokencache.Source
+
+	fingerprints map[string]string // entry name -> fingerprint of its settings
+	transports   *transports
 }
 
-// Start begins renewing every source's token in the background.
-func (rt *Runtime) Start() {
-	for _, s := range rt.Sources {
-		s.Start()
-	}
-}
-
-// Close stops the background renewals.
-func (rt *Runtime) Close() {
-	for _, s := range rt.Sources {
-		s.Close()
-	}
-}
-
-// Build turns a loaded Config into routes, transports and token sources.
-func Build(cfg *Config, opts Options) (*Runtime, error) {
+// Build turns a loaded Config into a route table, transports and token
+// sources. With prev, the runtime it replaces, the token sources of entries
+// whose settings did not change (by fingerprint, secret contents included)
+// and the transports to unchanged upstreams are taken over, so that a
+// reload keeps their tokens and connections; prev.Retire(next) then stops
+// what was not. Build starts nothing: Start does.
+func Build(cfg *Config, prev *Runtime, opts Options) (*Runtime, error) {
 	log := opts.Logger
 	if log == nil {
 		log = slog.Default()
 	}
-	rt := &Runtime{Sources: map[string]*tokencache.Source{}}
-	transports := map[string]*http.Transport{}
+	cfg.AddSecrets(opts.Scrub)
+	rt := &Runtime{
+		Config:       cfg,
+		Handler:      opts.Handler,
+		Sources:      map[string]*tokencache.Source{},
+		fingerprints: map[string]string{},
+	}
+	var prevTr *transports
+	if prev != nil {
+		prevTr = prev.transports
+	}
+	rt.transports = newTransports(prevTr)
+	if rt.Handler == nil {
+		h, err := proxy.NewHandler(proxy.Options{Logger: log, Meter: opts.Meter})
+		if err != nil {
+			return nil, err
+		}
+		rt.Handler = h
+	}
 	routes := make([]proxy.Route, 0, len(cfg.Routes))
 	for _, r := range cfg.Routes {
 		o := cfg.OAuth2[r.OAuth2]
 		src, ok := rt.Sources[r.OAuth2]
 		if !ok {
 			var err error
-			if src, err = NewSource(cfg, r.OAuth2, opts); err != nil {
+			if src, err = rt.source(cfg, r.OAuth2, prev, opts); err != nil {
+				rt.closeNew(prev)
 				return nil, err
 			}
 			rt.Sources[r.OAuth2] = src
 		}
-		up, err := url.Parse(r.Upstream)
-		if err != nil {
-			return nil, fmt.Errorf("route %q: %w", r.Prefix, err)
-		}
-		// One pooled transport per upstream origin (and timeout, and proxy).
-		key := up.Scheme + "://" + up.Host + " " + r.Timeout.String() + " " + r.ProxyURL.Reveal()
-		tr, ok := transports[key]
-		if !ok {
-			via, err := parseProxyURL(r.ProxyURL)
-			if err != nil {
-				return nil, fmt.Errorf("route %q: proxy_url: %w", r.Prefix, err)
-			}
-			tr = proxy.NewTransport(proxy.TransportOptions{ResponseHeaderTimeout: r.Timeout, Proxy: via})
-			transports[key] = tr
-		}
 		routes = append(routes, proxy.Route{
 			Prefix:           r.Prefix,
-			Upstream:         up,
+			Upstream:         r.Upstream.URL,
 			StripPrefix:      *r.StripPrefix,
 			OAuth2:           r.OAuth2,
 			Tokens:           src,
@@ -93,88 +99,173 @@ func Build(cfg *Config, opts Options) (*Runtime, error) {
 			RemoveHeaders:    r.RemoveHeaders,
 			ForwardedHeaders: r.ForwardedHeaders,
 			RewriteLocation:  r.RewriteLocation,
-			Transport:        tr,
+			Transport:        rt.transports.upstream(r),
 		})
 	}
-	in, err := cfg.inbound()
+	table, err := rt.Handler.NewTable(routes, cfg.inbound())
 	if err != nil {
+		rt.closeNew(prev)
 		return nil, err
 	}
-	h, err := proxy.NewHandler(routes, proxy.Options{Logger: log, Meter: opts.Meter, Inbound: in})
-	if err != nil {
-		return nil, err
-	}
-	rt.Handler = h
+	rt.Table = table
 	return rt, nil
 }
 
-// NewSource builds the token source of one oauth2 entry.
+// source returns the token source of one entry: prev's, when its settings
+// are the same, or a new one.
+func (rt *Runtime) source(cfg *Config, name string, prev *Runtime, opts Options) (*tokencache.Source, error) {
+	o := cfg.OAuth2[name]
+	fp := o.fingerprint()
+	rt.fingerprints[name] = fp
+	if prev != nil && prev.fingerprints[name] == fp {
+		if src, ok := prev.Sources[name]; ok {
+			return src, nil
+		}
+	}
+	c, err := sourceConfig(cfg, name, rt.transports, opts)
+	if err != nil {
+		return nil, err
+	}
+	c.Fingerprint = fp
+	return tokencache.New(c)
+}
+
+// NewSource builds the token source of one oauth2 entry on its own, for
+// commands that need one token (oauthproxy token).
 func NewSource(cfg *Config, name string, opts Options) (*tokencache.Source, error) {
-	o, ok := cfg.OAuth2[name]
-	if !ok || o == nil {
+	if o, ok := cfg.OAuth2[name]; !ok || o == nil {
 		return nil, fmt.Errorf("oauth2 %q is not defined in %s", name, cfg.File)
 	}
-	auth := map[string]tokencache.ClientAuth{
-		"client_secret_basic": tokencache.ClientSecretBasic,
-		"client_secret_post":  tokencache.ClientSecretPost,
-		"none":                tokencache.ClientAuthNone,
-	}[o.ClientAuth]
-	via, err := parseProxyURL(o.ProxyURL)
+	cfg.AddSecrets(opts.Scrub)
+	c, err := sourceConfig(cfg, name, newTransports(nil), opts)
 	if err != nil {
-		return nil, fmt.Errorf("oauth2 %q: proxy_url: %w", name, err)
+		return nil, err
+	}
+	return tokencache.New(c)
+}
+
+// sourceConfig turns an oauth2 entry into a token source's configuration.
+func sourceConfig(cfg *Config, name string, trs *transports, opts Options) (tokencache.Config, error) {
+	o := cfg.OAuth2[name]
+	grant, ok := grants[o.GrantType]
+	if !ok {
+		return tokencache.Config{}, fmt.Errorf("oauth2 %q: grant_type %q cannot be built", name, o.GrantType)
+	}
+	auth, ok := clientAuths[o.ClientAuth]
+	if !ok {
+		return tokencache.Config{}, fmt.Errorf("oauth2 %q: client_auth %q cannot be built", name, o.ClientAuth)
+	}
+	var reread func() (tokencache.Secret, error)
+	if o.ClientSecret.FromFile() {
+		secret, res := o.ClientSecret, cfg.res
+		reread = func() (tokencache.Secret, error) {
+			v, err := res.reread(secret)
+			return tokencache.Secret(v), err
+		}
+	}
+	headers := make(map[string]tokencache.Secret, len(o.Headers))
+	for k, v := range o.Headers {
+		headers[k] = v.Secret
 	}
 	format := tokencache.FormRequest
 	if o.RequestFormat == "json" {
 		format = tokencache.JSONRequest
 	}
-	c := tokencache.Config{
-		Endpoint: tokencache.Endpoint{
-			Name:         name,
-			TokenURL:     o.TokenURL,
-			ClientID:     o.ClientID,
-			ClientSecret: o.ClientSecret,
-			ClientAuth:   auth,
-			Scopes:       o.Scopes,
-			Audience:     o.Audience,
-			Resource:     o.Resource,
-			Params:       o.Params,
-			Headers:      o.Headers,
-			Format:       format,
-			Fields: tokencache.ResponseFields{
-				AccessToken:  o.Response.AccessToken,
-				ExpiresIn:    o.Response.ExpiresIn,
-				RefreshToken: o.Response.RefreshToken,
-				TokenType:    o.Response.TokenType,
-				Scope:        o.Response.Scope,
-			},
-			DefaultTTL:   o.DefaultTTL,
-			AnyTokenType: !strings.HasPrefix(strings.ToLower(o.Inject.Format), "bearer "),
-			Timeout:      o.Timeout,
-			Proxy:        via,
+	client := &tokencache.Client{
+		Name:    name,
+		Auth:    auth.build(o, tokencache.NewClientSecret(o.ClientSecret.Secret, reread)),
+		Format:  format,
+		Headers: headers,
+		Timeout: o.Timeout,
+		HTTP:    tokencache.NewHTTPClient(o.Timeout, trs.token(o)),
+		Scrub:   opts.Scrub,
+	}
+	return tokencache.Config{
+		Name:     name,
+		Client:   client,
+		TokenURL: o.TokenURL.String(),
+		Params:   o.tokenParams(),
+		Fields: tokencache.ResponseFields{
+			AccessToken:  o.Response.AccessToken,
+			ExpiresIn:    o.Response.ExpiresIn,
+			RefreshToken: o.Response.RefreshToken,
+			TokenType:    o.Response.TokenType,
+			Scope:        o.Response.Scope,
 		},
-		Grant: tokencache.Grant{
-			Type:         o.GrantType,
-			Username:     o.Username,
-			Password:     o.Password,
-			RefreshToken: o.RefreshToken,
-		},
+		Grant:         grant.build(o),
+		DefaultTTL:    o.DefaultTTL,
+		AnyTokenType:  !strings.HasPrefix(strings.ToLower(o.Inject.Format), "bearer "),
 		RefreshBefore: o.RefreshBefore,
 		Logger:        opts.Logger,
 		Metrics:       opts.TokenMetrics,
+		Scrub:         opts.Scrub,
+	}, nil
+}
+
+// tokenParams are the parameters every token request of o carries.
+func (o *OAuth2) tokenParams() tokencache.Form {
+	var f tokencache.Form
+	if len(o.Scopes) > 0 {
+		f.Add("scope", tokencache.Secret(strings.Join(o.Scopes, " ")))
 	}
-	if raw := o.Pos["client_secret"].raw; strings.Contains(raw, "${file:") {
-		res := cfg.resolver
-		c.ReloadSecret = func() (tokencache.Secret, error) {
-			v, err := res.expand(raw)
-			return tokencache.Secret(v), err
+	if o.Audience != "" {
+		f.Add("audience", tokencache.Secret(o.Audience))
+	}
+	if o.Resource != "" {
+		f.Add("resource", tokencache.Secret(o.Resource))
+	}
+	for _, k := range sortedKeys(o.Params) {
+		f.Add(k, o.Params[k].Secret)
+	}
+	return f
+}
+
+// Start begins renewing every source's token in the background. Sources
+// taken over from a previous runtime are running already.
+func (rt *Runtime) Start() {
+	for _, s := range rt.Sources {
+		s.Start()
+	}
+}
+
+// Retire stops what rt holds that next did not take over: the background
+// renewals of entries next rebuilt or dropped, and the idle connections of
+// transports next does not use. Requests still in flight on rt's table
+// finish: a retired source still answers Token.
+func (rt *Runtime) Retire(next *Runtime) {
+	for name, s := range rt.Sources {
+		if next == nil || next.Sources[name] != s {
+			s.Close()
 		}
 	}
-	return tokencache.New(c)
+	var keep *transports
+	if next != nil {
+		keep = next.transports
+	}
+	rt.transports.retire(keep)
 }
+
+// Close stops everything: renewals, idle connections.
+func (rt *Runtime) Close() { rt.Retire(nil) }
+
+// closeNew undoes a Build that failed: sources it made are closed, those
+// taken over from prev are left alone.
+func (rt *Runtime) closeNew(prev *Runtime) {
+	for name, s := range rt.Sources {
+		if prev == nil || prev.Sources[name] != s {
+			s.Close()
+		}
+	}
+}
+
+// Fingerprint is the identity of an oauth2 entry's effective settings, secret
+// contents included as digests: it changes when anything that decides the
+// tokens changes, a rotated secret file included.
+func (rt *Runtime) Fingerprint(name string) string { return rt.fingerprints[name] }
 
 // inbound converts the inbound section for the proxy. The listen host,
 // when it is a name, is an allowed Host.
-func (c *Config) inbound() (proxy.Inbound, error) {
+func (c *Config) inbound() proxy.Inbound {
 	in := proxy.Inbound{AllowedHosts: slices.Clone(c.Inbound.AllowedHosts), AllowedOrigins: c.Inbound.AllowedOrigins}
 	if rh := c.Inbound.RequireHeader; rh != nil {
 		in.RequireHeader, in.RequireValue = rh.Name, rh.Value.Reveal()
@@ -182,10 +273,7 @@ func (c *Config) inbound() (proxy.Inbound, error) {
 	for _, s := range c.Inbound.AllowCIDRs {
 		p, err := netip.ParsePrefix(s)
 		if err != nil {
-			a, aerr := netip.ParseAddr(s)
-			if aerr != nil {
-				return in, fmt.Errorf("inbound.allow_cidrs: %q: %w", s, err)
-			}
+			a, _ := netip.ParseAddr(s) // validated: a prefix or an address
 			p = netip.PrefixFrom(a, a.BitLen())
 		}
 		in.AllowCIDRs = append(in.AllowCIDRs, p.Masked())
@@ -193,29 +281,36 @@ func (c *Config) inbound() (proxy.Inbound, error) {
 	if host, _, err := net.SplitHostPort(c.Listen); err == nil && host != "" && net.ParseIP(host) == nil {
 		in.AllowedHosts = append(in.AllowedHosts, host)
 	}
-	return in, nil
+	return in
 }
 
-// Secrets returns the credentials the config holds (client secrets,
-// passwords, refresh tokens, the inbound shared secret), for scrubbing
-// logs. Values shorter than 6 characters are left out: scrubbing them
-// would garble every log line.
-func (c *Config) Secrets() []tokencache.Secret {
-	var out []tokencache.Secret
-	add := func(s tokencache.Secret) {
-		if len(s) >= 6 && !slices.Contains(out, s) {
-			out = append(out, s)
-		}
+// AddSecrets teaches sc every credential the config holds, so that logs
+// and messages never show one: client secrets (with the client's Basic
+// credentials), passwords, refresh tokens, the values of params and
+// headers, proxy passwords and the inbound shared secret. A nil sc is fine.
+func (c *Config) AddSecrets(sc *tokencache.Scrubber) {
+	if sc == nil {
+		return
 	}
 	for _, o := range c.OAuth2 {
-		if o != nil {
-			add(o.ClientSecret)
-			add(o.Password)
-			add(o.RefreshToken)
+		if o == nil {
+			continue
+		}
+		sc.AddClient(o.ClientID, o.ClientSecret.Secret)
+		sc.Add(o.Password.Secret, o.RefreshToken.Secret, o.ProxyURL.password())
+		for _, v := range o.Params {
+			sc.Add(v.Secret)
+		}
+		for _, v := range o.Headers {
+			sc.Add(v.Secret)
+		}
+	}
+	for _, r := range c.Routes {
+		if r != nil {
+			sc.Add(r.ProxyURL.password())
 		}
 	}
 	if rh := c.Inbound.RequireHeader; rh != nil {
-		add(rh.Value)
+		sc.Add(rh.Value.Secret)
 	}
-	return out
 }

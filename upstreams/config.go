@@ -19,7 +19,7 @@ type Config struct {
 	// Listen is where proxied requests arrive: host:port, or unix:/path.
 	Listen string `yaml:"listen"`
 	// SocketMode is the file mode of a unix socket, in octal (default 0660).
-	SocketMode string `yaml:"socket_mode"`
+	SocketMode FileMode `yaml:"socket_mode"`
 	// AdminListen serves /healthz, /readyz, /metrics and /tokens.
 	AdminListen string             `yaml:"admin_listen"`
 	Log         Log                `yaml:"log"`
@@ -30,13 +30,17 @@ type Config struct {
 	File        string             `yaml:"-"` // the file it was loaded from
 	Warnings    []Problem          `yaml:"-"` // what is allowed but worth saying at every start
 	Pos         Positions          `yaml:"-"`
-	resolver    Resolver           // to read ${file:...} secrets again
+	// Files is every file the config was read from: the file itself and
+	// those ${file:...} references named. A change to one is a change to
+	// the config.
+	Files []string  `yaml:"-"`
+	res   *resolver // to read ${file:...} secrets again
 }
 
 // Log configures logging.
 type Log struct {
-	Level  string    `yaml:"level"`  // debug | info | warn | error (default info)
-	Format string    `yaml:"format"` // json | text (default json)
+	Level  LogLevel  `yaml:"level"`  // debug | info | warn | error (default info)
+	Format LogFormat `yaml:"format"` // json | text (default json)
 	Pos    Positions `yaml:"-"`
 }
 
@@ -57,9 +61,9 @@ type Inbound struct {
 
 // RequireHeader is a shared secret every request must carry.
 type RequireHeader struct {
-	Name  string            `yaml:"name"`
-	Value tokencache.Secret `yaml:"value"`
-	Pos   Positions         `yaml:"-"`
+	Name  string    `yaml:"name"`
+	Value Secret    `yaml:"value"`
+	Pos   Positions `yaml:"-"`
 }
 
 // Server holds the listener's limits.
@@ -69,36 +73,39 @@ type Server struct {
 	MaxHeaderBytes    Size          `yaml:"max_header_bytes"`    // default 64KiB
 	MaxConnections    int           `yaml:"max_connections"`     // default 1024
 	ShutdownGrace     time.Duration `yaml:"shutdown_grace"`      // default 30s
-	Pos               Positions     `yaml:"-"`
+	// BodyIdleTimeout cuts a request whose body stops arriving for this
+	// long (default 60s); a slow body that keeps moving is never cut.
+	BodyIdleTimeout time.Duration `yaml:"body_idle_timeout"`
+	Pos             Positions     `yaml:"-"`
 }
 
 // OAuth2 is one named OAuth2 configuration: how to get tokens and how to
 // present them.
 type OAuth2 struct {
-	GrantType    string            `yaml:"grant_type"` // default client_credentials
-	TokenURL     string            `yaml:"token_url"`
-	ClientID     string            `yaml:"client_id"`
-	ClientSecret tokencache.Secret `yaml:"client_secret"`
-	ClientAuth   string            `yaml:"client_auth"` // default client_secret_basic
-	Username     string            `yaml:"username"`
-	Password     tokencache.Secret `yaml:"password"`
-	RefreshToken tokencache.Secret `yaml:"refresh_token"`
+	GrantType    GrantType        `yaml:"grant_type"` // default client_credentials
+	TokenURL     URL              `yaml:"token_url"`
+	ClientID     string           `yaml:"client_id"`
+	ClientSecret Secret           `yaml:"client_secret"`
+	ClientAuth   ClientAuthMethod `yaml:"client_auth"` // default client_secret_basic
+	Username     string           `yaml:"username"`
+	Password     Secret           `yaml:"password"`
+	RefreshToken Secret           `yaml:"refresh_token"`
 
-	Scopes        []string                     `yaml:"scopes"`
-	Audience      string                       `yaml:"audience"`
-	Resource      string                       `yaml:"resource"`
-	Params        map[string]tokencache.Secret `yaml:"params"`
-	Headers       map[string]tokencache.Secret `yaml:"headers"`
-	RequestFormat string                       `yaml:"request_format"` // form | json
-	Response      ResponseFields               `yaml:"response"`
-	DefaultTTL    time.Duration                `yaml:"default_ttl"`    // default 5m
-	RefreshBefore time.Duration                `yaml:"refresh_before"` // default 60s
-	Timeout       time.Duration                `yaml:"timeout"`        // default 10s
-	Inject        Inject                       `yaml:"inject"`
-	InsecureHTTP  bool                         `yaml:"insecure_http"`
+	Scopes        []string          `yaml:"scopes"`
+	Audience      string            `yaml:"audience"`
+	Resource      string            `yaml:"resource"`
+	Params        map[string]Secret `yaml:"params"`
+	Headers       map[string]Secret `yaml:"headers"`
+	RequestFormat RequestFormat     `yaml:"request_format"` // default form
+	Response      ResponseFields    `yaml:"response"`
+	DefaultTTL    time.Duration     `yaml:"default_ttl"`    // default 5m
+	RefreshBefore time.Duration     `yaml:"refresh_before"` // default 60s
+	Timeout       time.Duration     `yaml:"timeout"`        // default 10s
+	Inject        Inject            `yaml:"inject"`
+	InsecureHTTP  bool              `yaml:"insecure_http"`
 	// ProxyURL sends token requests through an HTTP(S) or SOCKS5 proxy.
-	// It may hold credentials, so it is a secret. HTTP_PROXY is never used.
-	ProxyURL tokencache.Secret `yaml:"proxy_url"`
+	// HTTP_PROXY is never used.
+	ProxyURL ProxyURL `yaml:"proxy_url"`
 
 	Name string    `yaml:"-"`
 	Pos  Positions `yaml:"-"`
@@ -124,7 +131,7 @@ type Inject struct {
 // Route maps a path prefix to an upstream and an oauth2 entry.
 type Route struct {
 	Prefix   string `yaml:"prefix"`
-	Upstream string `yaml:"upstream"`
+	Upstream URL    `yaml:"upstream"`
 	OAuth2   string `yaml:"oauth2"`
 	// StripPrefix drops the prefix before joining the path onto the
 	// upstream's (default true).
@@ -138,7 +145,7 @@ type Route struct {
 	MaxBody          *Size             `yaml:"max_body"` // default 10MiB; 0 is unlimited
 	RewriteLocation  bool              `yaml:"rewrite_location"`
 	InsecureHTTP     bool              `yaml:"insecure_http"`
-	ProxyURL         tokencache.Secret `yaml:"proxy_url"` // reach the upstream through a proxy
+	ProxyURL         ProxyURL          `yaml:"proxy_url"` // reach the upstream through a proxy
 	Pos              Positions         `yaml:"-"`
 }
 
@@ -159,12 +166,13 @@ type Pos struct {
 const (
 	DefaultListen            = "127.0.0.1:8080"
 	DefaultAdminListen       = "127.0.0.1:9090"
-	DefaultSocketMode        = "0660"
+	DefaultSocketMode        = FileMode(0o660)
 	DefaultReadHeaderTimeout = 10 * time.Second
 	DefaultIdleTimeout       = 120 * time.Second
 	DefaultMaxHeaderBytes    = 64 << 10
 	DefaultMaxConnections    = 1024
 	DefaultShutdownGrace     = 30 * time.Second
+	DefaultBodyIdleTimeout   = 60 * time.Second
 	DefaultRetryBodyLimit    = 1 << 20
 	DefaultMaxBody           = 10 << 20
 	DefaultRouteTimeout      = 60 * time.Second
@@ -187,12 +195,15 @@ func (c *Config) applyDefaults() {
 	}
 	def(&c.Listen, DefaultListen)
 	def(&c.AdminListen, DefaultAdminListen)
-	def(&c.SocketMode, DefaultSocketMode)
-	def(&c.Log.Level, "info")
-	def(&c.Log.Format, "json")
+	if c.SocketMode == 0 {
+		c.SocketMode = DefaultSocketMode
+	}
+	defEnum(&c.Log.Level, "info", c.Log.Pos, "level")
+	defEnum(&c.Log.Format, "json", c.Log.Pos, "format")
 	defDur(&c.Server.ReadHeaderTimeout, DefaultReadHeaderTimeout)
 	defDur(&c.Server.IdleTimeout, DefaultIdleTimeout)
 	defDur(&c.Server.ShutdownGrace, DefaultShutdownGrace)
+	defDur(&c.Server.BodyIdleTimeout, DefaultBodyIdleTimeout)
 	if c.Server.MaxHeaderBytes == 0 {
 		c.Server.MaxHeaderBytes = DefaultMaxHeaderBytes
 	}
@@ -204,9 +215,9 @@ func (c *Config) applyDefaults() {
 			continue
 		}
 		o.Name = name
-		def(&o.GrantType, tokencache.GrantClientCredentials)
-		def(&o.ClientAuth, "client_secret_basic")
-		def(&o.RequestFormat, "form")
+		defEnum(&o.GrantType, tokencache.GrantClientCredentials, o.Pos, "grant_type")
+		defEnum(&o.ClientAuth, "client_secret_basic", o.Pos, "client_auth")
+		defEnum(&o.RequestFormat, "form", o.Pos, "request_format")
 		def(&o.Inject.Header, DefaultInjectHeader)
 		def(&o.Inject.Format, DefaultInjectFormat)
 		defDur(&o.DefaultTTL, tokencache.DefaultTokenTTL)
@@ -233,5 +244,14 @@ func (c *Config) applyDefaults() {
 			r.MaxBody = &s
 		}
 		defDur(&r.Timeout, DefaultRouteTimeout)
+	}
+}
+
+// defEnum sets an unset enum to its default, unless the file wrote one that
+// did not decode: that is reported, and checks that depend on the value
+// are skipped rather than run against a value nobody wrote.
+func defEnum[T ~string](v *T, def T, ps Positions, key string) {
+	if _, written := ps[key]; *v == "" && !written {
+		*v = def
 	}
 }

@@ -2,6 +2,7 @@ package upstreams
 
 import (
 	"bytes"
+	"encoding"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +17,8 @@ import (
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/oauthproxy/oauthproxy/tokencache"
 )
 
 // Load reads, checks and completes the config file at path. Its error is
@@ -25,7 +28,11 @@ func Load(path string) (*Config, error) {
 	if err != nil {
 		return nil, err
 	}
-	return Parse(path, data, Resolver{})
+	cfg, err := Parse(path, data, Resolver{})
+	if cfg != nil {
+		cfg.Files = append([]string{path}, cfg.Files...)
+	}
+	return cfg, err
 }
 
 // Parse is Load for a config already read; file names it in problems.
@@ -33,7 +40,7 @@ func Parse(file string, data []byte, res Resolver) (*Config, error) {
 	if res.Dir == "" {
 		res.Dir = filepath.Dir(file)
 	}
-	d := &decoder{file: file, res: res}
+	d := &decoder{file: file, res: &resolver{Resolver: res}}
 	root, err := d.parse(data)
 	if err != nil {
 		return nil, err
@@ -42,13 +49,14 @@ func Parse(file string, data []byte, res Resolver) (*Config, error) {
 	if root != nil {
 		d.value(root, reflect.ValueOf(cfg).Elem(), "")
 	}
-	cfg.resolver = res
+	cfg.res = d.res
 	cfg.applyDefaults()
 	(&validator{decoder: d, cfg: cfg}).run()
 	if len(d.problems) > 0 {
 		return nil, d.problems.sorted()
 	}
 	cfg.Warnings = d.warnings.sorted()
+	cfg.Files = d.res.read()
 	return cfg, nil
 }
 
@@ -58,7 +66,7 @@ const maxNodes = 100_000
 
 type decoder struct {
 	file     string
-	res      Resolver
+	res      *resolver
 	problems Problems
 	warnings Problems
 	nodes    int
@@ -135,9 +143,11 @@ func (d *decoder) syntax(err error, data []byte) Problem {
 }
 
 var (
-	durationType  = reflect.TypeFor[time.Duration]()
-	sizeType      = reflect.TypeFor[Size]()
-	positionsType = reflect.TypeFor[Positions]()
+	durationType      = reflect.TypeFor[time.Duration]()
+	sizeType          = reflect.TypeFor[Size]()
+	secretType        = reflect.TypeFor[Secret]()
+	positionsType     = reflect.TypeFor[Positions]()
+	textUnmarshalType = reflect.TypeFor[encoding.TextUnmarshaler]()
 )
 
 // value decodes n into v. It returns where n stands, and its raw text.
@@ -167,6 +177,18 @@ func (d *decoder) value(n *yaml.Node, v reflect.Value, path string) Pos {
 				d.add(n, path, "%q is negative", s)
 			default:
 				v.SetInt(int64(dur))
+			}
+		}
+		return pos
+	case t == secretType:
+		if s, ok := d.scalar(n, path, "a string"); ok {
+			v.Set(reflect.ValueOf(Secret{Secret: tokencache.Secret(s), ref: n.Value}))
+		}
+		return pos
+	case reflect.PointerTo(t).Implements(textUnmarshalType):
+		if s, ok := d.scalar(n, path, "a string"); ok {
+			if err := v.Addr().Interface().(encoding.TextUnmarshaler).UnmarshalText([]byte(s)); err != nil {
+				d.add(n, path, "%v", err)
 			}
 		}
 		return pos

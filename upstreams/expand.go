@@ -3,9 +3,14 @@ package upstreams
 import (
 	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
+	"syscall"
 )
 
 // Resolver reads what ${...} references name. The zero value reads the
@@ -18,21 +23,81 @@ type Resolver struct {
 	Dir string
 }
 
-func (r Resolver) getenv(k string) (string, bool) {
+// resolver is a Resolver that records every file it reads: those files
+// are part of the config (a reload watches them). Safe for concurrent use.
+type resolver struct {
+	Resolver
+	mu    sync.Mutex
+	files map[string]bool
+}
+
+func (r *resolver) getenv(k string) (string, bool) {
 	if r.Getenv != nil {
 		return r.Getenv(k)
 	}
 	return os.LookupEnv(k)
 }
 
-func (r Resolver) readFile(p string) ([]byte, error) {
+// path is where a reference to p is read from.
+func (r *resolver) path(p string) string {
 	if !filepath.IsAbs(p) && r.Dir != "" {
-		p = filepath.Join(r.Dir, p)
+		return filepath.Join(r.Dir, p)
 	}
+	return p
+}
+
+// readFile reads a referenced file, at most limit bytes.
+func (r *resolver) readFile(p string, limit int64) ([]byte, error) {
+	p = r.path(p)
+	r.mu.Lock()
+	if r.files == nil {
+		r.files = map[string]bool{}
+	}
+	r.files[p] = true
+	r.mu.Unlock()
 	if r.ReadFile != nil {
 		return r.ReadFile(p)
 	}
-	return os.ReadFile(p)
+	return readLimited(p, limit)
+}
+
+// readLimited reads a regular file of at most limit bytes. It refuses
+// anything else before reading it: a FIFO would block the loader, a device
+// such as /dev/zero would never end, and a large file is no secret.
+func readLimited(p string, limit int64) ([]byte, error) {
+	// O_NONBLOCK: opening a FIFO for reading must not wait for a writer.
+	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, errors.New("not a regular file")
+	}
+	data, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(data)) > limit {
+		return nil, fmt.Errorf("larger than %d KiB", limit>>10)
+	}
+	return data, nil
+}
+
+// read returns the files read so far, sorted.
+func (r *resolver) read() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]string, 0, len(r.files))
+	for f := range r.files {
+		out = append(out, f)
+	}
+	slices.Sort(out)
+	return out
 }
 
 // maxFileRef bounds a ${file:...} read: it holds a secret, not a payload.
@@ -41,7 +106,7 @@ const maxFileRef = 64 << 10
 // expand replaces ${NAME} with an environment variable and ${file:/path}
 // with a file's content less one trailing newline. $${ is a literal ${.
 // A missing variable or file is an error, never an empty string.
-func (r Resolver) expand(s string) (string, error) {
+func (r *resolver) expand(s string) (string, error) {
 	if !strings.Contains(s, "${") {
 		return s, nil
 	}
@@ -73,14 +138,14 @@ func (r Resolver) expand(s string) (string, error) {
 	}
 }
 
-func (r Resolver) lookup(ref string) (string, error) {
+func (r *resolver) lookup(ref string) (string, error) {
 	if path, ok := strings.CutPrefix(ref, "file:"); ok {
 		if path == "" {
 			return "", errors.New("${file:}: no path")
 		}
-		data, err := r.readFile(path)
+		data, err := r.readFile(path, maxFileRef)
 		if err != nil {
-			var pe *os.PathError
+			var pe *fs.PathError
 			if errors.As(err, &pe) {
 				err = pe.Err
 			}
@@ -103,6 +168,11 @@ func (r Resolver) lookup(ref string) (string, error) {
 		return "", fmt.Errorf("${%s}: environment variable %s is not set", ref, ref)
 	}
 	return v, nil
+}
+
+// reread resolves a secret's reference again (a rotated file).
+func (r *resolver) reread(s Secret) (string, error) {
+	return r.expand(s.ref)
 }
 
 func validEnvName(s string) bool {

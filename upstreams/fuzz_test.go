@@ -24,7 +24,7 @@ func FuzzParse(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if _, err := Build(cfg, Options{}); err != nil {
+		if _, err := Build(cfg, nil, Options{}); err != nil {
 			t.Fatalf("a config that loads does not build: %v\n%s", err, data)
 		}
 	})

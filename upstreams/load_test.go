@@ -3,12 +3,15 @@ package upstreams
 import (
 	"errors"
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/oauthproxy/oauthproxy/tokencache"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files")
@@ -40,7 +43,7 @@ func TestExampleConfig(t *testing.T) {
 			t.Errorf("config.example.yaml does not show the key %q", key)
 		}
 	}
-	if _, err := Build(cfg, Options{}); err != nil {
+	if _, err := Build(cfg, nil, Options{}); err != nil {
 		t.Fatalf("Build: %v", err)
 	}
 }
@@ -62,9 +65,9 @@ routes:
 	}{
 		{"listen", cfg.Listen, DefaultListen},
 		{"admin_listen", cfg.AdminListen, DefaultAdminListen},
-		{"log.format", cfg.Log.Format, "json"},
-		{"grant_type", o.GrantType, "client_credentials"},
-		{"client_auth", o.ClientAuth, "client_secret_basic"},
+		{"log.format", cfg.Log.Format, LogFormat("json")},
+		{"grant_type", o.GrantType, GrantType("client_credentials")},
+		{"client_auth", o.ClientAuth, ClientAuthMethod("client_secret_basic")},
 		{"inject.format", o.Inject.Format, "Bearer {token}"},
 		{"refresh_before", o.RefreshBefore, 60 * time.Second},
 		{"strip_prefix", *r.StripPrefix, true},
@@ -105,8 +108,9 @@ func TestReferences(t *testing.T) {
 		{"${SECRET", "", "unterminated"},
 		{"${not a name}", "", "not a variable name"},
 	}
+	r := &resolver{Resolver: res}
 	for _, tc := range tests {
-		got, err := res.expand(tc.in)
+		got, err := r.expand(tc.in)
 		if tc.err != "" {
 			if err == nil || !strings.Contains(err.Error(), tc.err) {
 				t.Errorf("expand(%q) error = %v, want %q", tc.in, err, tc.err)
@@ -122,19 +126,20 @@ func TestReferences(t *testing.T) {
 func TestSecretsAreCollectedAndRedacted(t *testing.T) {
 	cfg, err := Parse("c.yaml", []byte(`
 oauth2:
-  a: {token_url: "https://idp/t", client_id: x, client_secret: "${S}", params: {k: pv}, headers: {X-K: hv}}
+  a: {token_url: "https://idp/t", client_id: x, client_secret: "${S}", params: {k: param-value}, headers: {X-K: header-value}}
 routes:
   - {prefix: /a/, upstream: "https://api/", oauth2: a}
 `), env("S", "canary-cs"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := map[string]bool{}
-	for _, s := range cfg.Secrets() {
-		got[s.Reveal()] = true
+	sc := tokencache.NewScrubber()
+	cfg.AddSecrets(sc)
+	if got := sc.Scrub("canary-cs param-value header-value"); got != "[redacted] [redacted] [redacted]" {
+		t.Errorf("after AddSecrets, Scrub = %q; want the client secret, params and headers removed", got)
 	}
-	if !got["canary-cs"] || got["param-value"] {
-		t.Errorf("Secrets() = %v, want the client secret and not the params", got)
+	if got := fmt.Sprintf("%v %+v", cfg.OAuth2["a"].ClientSecret, *cfg.OAuth2["a"]); strings.Contains(got, "canary-cs") || strings.Contains(got, "param-value") {
+		t.Errorf("a config prints a secret: %s", got)
 	}
 }
 
@@ -152,7 +157,7 @@ routes:
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o := cfg.OAuth2["other"]; o.TokenURL != "https://idp/t" || o.Scopes[0] != "b" {
+	if o := cfg.OAuth2["other"]; o.TokenURL.String() != "https://idp/t" || o.Scopes[0] != "b" {
 		t.Errorf("merged entry = %+v", o)
 	}
 }

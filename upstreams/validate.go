@@ -33,8 +33,6 @@ func (v *validator) run() {
 	c := v.cfg
 	v.listen()
 	v.hostPort(at(c.Pos, "admin_listen"), "admin_listen", c.AdminListen)
-	v.oneOf(c.Log.Pos, "log", "level", c.Log.Level, "debug", "info", "warn", "error")
-	v.oneOf(c.Log.Pos, "log", "format", c.Log.Format, "json", "text")
 	v.server()
 	v.inbound()
 
@@ -115,10 +113,8 @@ func (v *validator) listen() {
 		if !strings.HasPrefix(path, "/") {
 			v.addAt(p, "listen", "%q: a unix socket needs an absolute path (unix:/run/oauthproxy/proxy.sock)", c.Listen)
 		}
-		if m, err := strconv.ParseUint(c.SocketMode, 8, 32); err != nil || m > 0o777 {
-			v.addAt(at(c.Pos, "socket_mode"), "socket_mode", "%q is not an octal file mode like 0660", c.SocketMode)
-		} else if m&0o007 != 0 {
-			v.warnAt(at(c.Pos, "socket_mode"), "socket_mode", "%s lets every local user call the upstreams", c.SocketMode)
+		if c.SocketMode&0o007 != 0 {
+			v.warnAt(at(c.Pos, "socket_mode"), "socket_mode", "%04o lets every local user call the upstreams", c.SocketMode)
 		}
 		return
 	}
@@ -176,7 +172,7 @@ func (v *validator) inbound() {
 		} else if reservedHeader(rh.Name) {
 			v.addAt(at(rh.Pos, "name"), "inbound.require_header.name", "%q is a header the proxy manages itself; pick another name", rh.Name)
 		}
-		switch n := len(rh.Value); {
+		switch n := len(rh.Value.Secret); {
 		case n == 0:
 			v.addAt(at(rh.Pos, "value"), "inbound.require_header.value", "missing: the shared secret clients must send (use ${file:/path})")
 		case n < 16:
@@ -208,8 +204,6 @@ func (v *validator) inbound() {
 	}
 }
 
-var supportedGrants = []string{tokencache.GrantClientCredentials, tokencache.GrantPassword, tokencache.GrantRefreshToken}
-
 // reservedParams are the token request parameters the proxy sets itself.
 var reservedParams = map[string]string{
 	"grant_type": "grant_type", "client_id": "client_id", "client_secret": "client_secret",
@@ -226,46 +220,29 @@ func (v *validator) oauth2(name string, o *OAuth2) {
 		return // the decoder reported the empty entry
 	}
 	p := o.Pos
-	switch {
-	case slices.Contains(supportedGrants, o.GrantType):
-	case o.GrantType == "authorization_code" || o.GrantType == "device_code" || o.GrantType == "jwt_bearer":
-		v.addAt(at(p, "grant_type"), path+".grant_type", "%q is not supported by this version (supported: %s)", o.GrantType, strings.Join(supportedGrants, ", "))
-	default:
-		v.oneOf(p, path, "grant_type", o.GrantType, supportedGrants...)
-	}
-	v.missing(p, path, "token_url", o.TokenURL, "")
-	if o.TokenURL != "" {
+	v.missing(p, path, "token_url", o.TokenURL.String(), "")
+	if !o.TokenURL.IsZero() {
 		v.httpURL(p, path, "token_url", o.TokenURL, o.InsecureHTTP)
 	}
 	v.missing(p, path, "client_id", o.ClientID, "")
-	switch o.ClientAuth {
-	case "client_secret_basic", "client_secret_post":
-		v.missing(p, path, "client_secret", o.ClientSecret.Reveal(), fmt.Sprintf(" (client_auth %s sends one; client_auth: none is a public client)", o.ClientAuth))
-	case "none":
-		if o.ClientSecret != "" {
-			v.addAt(at(p, "client_secret"), path+".client_secret", "set, but client_auth is none: it would never be sent")
+	if auth, ok := clientAuths[o.ClientAuth]; ok {
+		switch {
+		case auth.secret:
+			v.missing(p, path, "client_secret", o.ClientSecret.Reveal(), fmt.Sprintf(" (client_auth %s sends one; client_auth: none is a public client)", o.ClientAuth))
+		case o.ClientSecret.IsSet():
+			v.addAt(at(p, "client_secret"), path+".client_secret", "set, but client_auth is %s: it would never be sent", o.ClientAuth)
 		}
-	case "client_secret_jwt", "private_key_jwt", "tls_client_auth":
-		v.addAt(at(p, "client_auth"), path+".client_auth", "%q is not supported by this version (supported: client_secret_basic, client_secret_post, none)", o.ClientAuth)
-	default:
-		v.oneOf(p, path, "client_auth", o.ClientAuth, "client_secret_basic", "client_secret_post", "none")
 	}
-	switch o.GrantType {
-	case tokencache.GrantPassword:
-		v.missing(p, path, "username", o.Username, " (grant_type password)")
-		v.missing(p, path, "password", o.Password.Reveal(), " (grant_type password)")
-	case tokencache.GrantRefreshToken:
-		v.missing(p, path, "refresh_token", o.RefreshToken.Reveal(), " (grant_type refresh_token)")
-	}
-	if o.GrantType != tokencache.GrantPassword {
-		for _, k := range []string{"username", "password"} {
-			if _, set := p[k]; set {
-				v.addAt(p[k], path+"."+k, "only applies to grant_type password")
+	if g, ok := grants[o.GrantType]; ok {
+		values := map[string]string{"username": o.Username, "password": o.Password.Reveal(), "refresh_token": o.RefreshToken.Reveal()}
+		for _, k := range g.needs {
+			v.missing(p, path, k, values[k], fmt.Sprintf(" (grant_type %s)", o.GrantType))
+		}
+		for _, k := range grantKeys {
+			if _, set := p[k]; set && !slices.Contains(g.needs, k) && !slices.Contains(g.takes, k) {
+				v.addAt(p[k], path+"."+k, "only applies to grant_type %s", strings.Join(grantsTaking(k), ", "))
 			}
 		}
-	}
-	if _, set := p["refresh_token"]; set && o.GrantType == tokencache.GrantClientCredentials {
-		v.addAt(p["refresh_token"], path+".refresh_token", "does not apply to grant_type client_credentials")
 	}
 	for i, s := range o.Scopes {
 		if s == "" || strings.ContainsAny(s, " \t\"\\") {
@@ -293,7 +270,6 @@ func (v *validator) oauth2(name string, o *OAuth2) {
 			v.addAt(at(p, "headers"), path+".headers."+k, "the value holds a line break")
 		}
 	}
-	v.oneOf(p, path, "request_format", o.RequestFormat, "form", "json")
 	for _, f := range []struct{ key, val string }{
 		{"access_token", o.Response.AccessToken}, {"expires_in", o.Response.ExpiresIn},
 		{"refresh_token", o.Response.RefreshToken}, {"token_type", o.Response.TokenType}, {"scope", o.Response.Scope},
@@ -308,7 +284,6 @@ func (v *validator) oauth2(name string, o *OAuth2) {
 	if o.Timeout <= 0 {
 		v.addAt(at(p, "timeout"), path+".timeout", "must be positive")
 	}
-	v.proxyURL(p, path, o.ProxyURL)
 	ip := o.Inject.Pos
 	if !validHeaderName(o.Inject.Header) {
 		v.addAt(at(ip, "header"), path+".inject.header", "%q is not a header name", o.Inject.Header)
@@ -323,13 +298,10 @@ func (v *validator) oauth2(name string, o *OAuth2) {
 }
 
 // httpURL checks an absolute http(s) URL that tokens or secrets travel to.
-func (v *validator) httpURL(ps Positions, path, key, raw string, insecure bool) *url.URL {
+func (v *validator) httpURL(ps Positions, path, key string, cu URL, insecure bool) *url.URL {
 	p, path := at(ps, key), sub(path, key)
-	u, err := url.Parse(raw)
+	u, raw := cu.URL, cu.String()
 	switch {
-	case err != nil:
-		v.addAt(p, path, "%q is not a URL", raw)
-		return nil
 	case u.Scheme != "http" && u.Scheme != "https":
 		v.addAt(p, path, "%q: want an absolute https:// URL", raw)
 		return nil
@@ -381,8 +353,8 @@ func (v *validator) route(i int, r *Route, prefixes map[string]int) {
 			prefixes[norm] = i
 		}
 	}
-	v.missing(p, path, "upstream", r.Upstream, "")
-	if r.Upstream != "" {
+	v.missing(p, path, "upstream", r.Upstream.String(), "")
+	if !r.Upstream.IsZero() {
 		if u := v.httpURL(p, path, "upstream", r.Upstream, r.InsecureHTTP); u != nil && (u.RawQuery != "" || u.ForceQuery) {
 			v.addAt(at(p, "upstream"), sub(path, "upstream"), "%q has a query: put the path only", r.Upstream)
 		}
@@ -407,7 +379,6 @@ func (v *validator) route(i int, r *Route, prefixes map[string]int) {
 	case o != nil:
 		inject = o.Inject.Header
 	}
-	v.proxyURL(p, path, r.ProxyURL)
 	for _, code := range r.RetryOn {
 		switch {
 		case code == http.StatusForbidden:
@@ -438,32 +409,6 @@ func (v *validator) route(i int, r *Route, prefixes map[string]int) {
 			v.addAt(at(p, "remove_headers"), sub(path, fmt.Sprintf("remove_headers[%d]", j)), "%q is not a header name", k)
 		}
 	}
-}
-
-// proxyURL checks an outbound proxy. The message never repeats the URL:
-// it may hold credentials.
-func (v *validator) proxyURL(ps Positions, path string, s tokencache.Secret) {
-	if s == "" {
-		return
-	}
-	if _, err := parseProxyURL(s); err != nil {
-		v.addAt(at(ps, "proxy_url"), sub(path, "proxy_url"), "%v", err)
-	}
-}
-
-func parseProxyURL(s tokencache.Secret) (*url.URL, error) {
-	if s == "" {
-		return nil, nil
-	}
-	u, err := url.Parse(s.Reveal())
-	if err != nil || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" {
-		return nil, fmt.Errorf("not a proxy URL like http://proxy.internal:3128")
-	}
-	switch u.Scheme {
-	case "http", "https", "socks5", "socks5h":
-		return u, nil
-	}
-	return nil, fmt.Errorf("scheme %q: want http, https, socks5 or socks5h", u.Scheme)
 }
 
 // checkPrefix says what is wrong with a route prefix, or "".

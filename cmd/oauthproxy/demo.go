@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/oauthproxy/oauthproxy/cmd/oauthproxy/internal/demo"
+	"github.com/oauthproxy/oauthproxy/tokencache"
 	"github.com/oauthproxy/oauthproxy/upstreams"
 )
 
@@ -64,14 +65,12 @@ func cmdDemo(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "oauthproxy demo: the built-in config does not load:\n%v\n", err)
 		return 1
 	}
-	log, err := newLogger(stderr, cfg.Log.Level, cfg.Log.Format, cfg.Secrets())
-	if err != nil {
-		fmt.Fprintf(stderr, "oauthproxy demo: %v\n", err)
-		return 1
-	}
+	scrub := tokencache.NewScrubber()
+	cfg.AddSecrets(scrub)
+	log := newLogger(stderr, cfg.Log, scrub)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	err = serve(ctx, cfg, log, func(proxy, admin net.Addr) {
+	err = serve(ctx, cfg, log, scrub, func(proxy, admin net.Addr) {
 		p, a := "http://"+proxy.String(), "http://"+admin.String()
 		fmt.Fprintf(stdout, `
 oauthproxy demo: an authorization server, an API that demands its tokens,

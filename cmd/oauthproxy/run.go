@@ -8,12 +8,13 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"strconv"
 	"sync/atomic"
 	"syscall"
 	"time"
 
+	"github.com/oauthproxy/oauthproxy/cmd/oauthproxy/internal/admin"
 	"github.com/oauthproxy/oauthproxy/cmd/oauthproxy/internal/server"
+	"github.com/oauthproxy/oauthproxy/proxy"
 	"github.com/oauthproxy/oauthproxy/tokencache"
 	"github.com/oauthproxy/oauthproxy/upstreams"
 )
@@ -23,49 +24,73 @@ func cmdRun(args []string, stderr io.Writer) int {
 	if cfg == nil {
 		return code
 	}
-	log, err := newLogger(stderr, cfg.Log.Level, cfg.Log.Format, cfg.Secrets())
-	if err != nil {
-		fmt.Fprintf(stderr, "oauthproxy: %v\n", err)
-		return 1
-	}
+	scrub := tokencache.NewScrubber()
+	cfg.AddSecrets(scrub)
+	log := newLogger(stderr, cfg.Log, scrub)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if err := serve(ctx, cfg, log, nil); err != nil {
+	if err := serve(ctx, cfg, log, scrub, nil); err != nil {
 		log.Error("oauthproxy failed", "error", err)
 		return 1
 	}
 	return 0
 }
 
+// app is what a running oauthproxy holds: the runtime in service, and the
+// long-lived pieces runtimes are built for.
+type app struct {
+	log     *slog.Logger
+	scrub   *tokencache.Scrubber
+	tel     *telemetry
+	tokens  *tokencache.Metrics
+	handler *proxy.Handler
+	rt      atomic.Pointer[upstreams.Runtime]
+	serving atomic.Bool
+}
+
+// runtime returns the runtime in service.
+func (a *app) runtime() *upstreams.Runtime { return a.rt.Load() }
+
+// build builds cfg into a runtime, taking over what prev had that is unchanged.
+func (a *app) build(cfg *upstreams.Config, prev *upstreams.Runtime) (*upstreams.Runtime, error) {
+	return upstreams.Build(cfg, prev, upstreams.Options{
+		Logger: a.log, Handler: a.handler, TokenMetrics: a.tokens, Scrub: a.scrub,
+	})
+}
+
 // serve runs the proxy and admin listeners for cfg until ctx ends, then
 // shuts down gracefully: /readyz turns 503, the listener stops accepting,
 // and requests in flight get the shutdown grace period to finish.
 // listening, if set, is told the addresses once both listen.
-func serve(ctx context.Context, cfg *upstreams.Config, log *slog.Logger, listening func(proxy, admin net.Addr)) error {
+func serve(ctx context.Context, cfg *upstreams.Config, log *slog.Logger, scrub *tokencache.Scrubber, listening func(proxy, admin net.Addr)) error {
 	for _, w := range cfg.Warnings {
 		log.Warn("config: "+w.Msg, "file", w.File, "line", w.Line)
 	}
-	tel, err := newTelemetry()
-	if err != nil {
+	a := &app{log: log, scrub: scrub}
+	var err error
+	if a.tel, err = newTelemetry(metricLimit(cfg)); err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
-	defer tel.shutdown()
-	tm, err := tokencache.NewMetrics(tel.meter)
-	if err != nil {
+	defer a.tel.shutdown()
+	if a.tokens, err = tokencache.NewMetrics(a.tel.meter); err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
-	rt, err := upstreams.Build(cfg, upstreams.Options{Logger: log, Meter: tel.meter, TokenMetrics: tm})
+	if a.handler, err = proxy.NewHandler(proxy.Options{Logger: log, Meter: a.tel.meter, BodyIdleTimeout: cfg.Server.BodyIdleTimeout}); err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
+	rt, err := a.build(cfg, nil)
 	if err != nil {
 		return err
 	}
-	defer rt.Close()
+	a.rt.Store(rt)
+	a.handler.Swap(rt.Table)
+	defer func() { a.runtime().Close() }()
 
-	mode, _ := strconv.ParseUint(cfg.SocketMode, 8, 32) // validated
 	errLog := slog.NewLogLogger(log.Handler(), slog.LevelDebug)
 	proxySrv, err := server.Listen(server.Config{
 		Addr:              cfg.Listen,
-		SocketMode:        os.FileMode(mode),
-		Handler:           rt.Handler,
+		SocketMode:        os.FileMode(cfg.SocketMode),
+		Handler:           a.handler,
 		ReadHeaderTimeout: cfg.Server.ReadHeaderTimeout,
 		IdleTimeout:       cfg.Server.IdleTimeout,
 		MaxHeaderBytes:    int(cfg.Server.MaxHeaderBytes),
@@ -75,10 +100,9 @@ func serve(ctx context.Context, cfg *upstreams.Config, log *slog.Logger, listeni
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	var serving atomic.Bool
 	adminSrv, err := server.Listen(server.Config{
 		Addr:              cfg.AdminListen,
-		Handler:           adminHandler(rt.Sources, tel.handler, &serving),
+		Handler:           admin.New(admin.Options{Runtime: a.runtime, Metrics: a.tel.handler, Serving: &a.serving}),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       time.Minute,
 		MaxHeaderBytes:    16 << 10,
@@ -89,12 +113,14 @@ func serve(ctx context.Context, cfg *upstreams.Config, log *slog.Logger, listeni
 		proxySrv.Shutdown(context.Background())
 		return fmt.Errorf("admin_listen: %w", err)
 	}
+	servers := []*server.Server{proxySrv, adminSrv}
 
 	rt.Start() // fetch every token now, then renew each before it expires
-	serving.Store(true)
-	errc := make(chan error, 2)
-	go func() { errc <- proxySrv.Serve() }()
-	go func() { errc <- adminSrv.Serve() }()
+	a.serving.Store(true)
+	errc := make(chan error, len(servers))
+	for _, s := range servers {
+		go func() { errc <- s.Serve() }()
+	}
 	log.Info("oauthproxy serving", "version", versionString(), "config", cfg.File,
 		"listen", proxySrv.Addr().String(), "admin", adminSrv.Addr().String(), "routes", len(cfg.Routes))
 	if listening != nil {
@@ -118,7 +144,7 @@ wait:
 	}
 
 	log.Info("shutting down", "grace", cfg.Server.ShutdownGrace.String())
-	serving.Store(false)
+	a.serving.Store(false)
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.Server.ShutdownGrace)
 	defer cancel()
 	if err := proxySrv.Shutdown(sctx); err != nil {
@@ -129,4 +155,11 @@ wait:
 	adminSrv.Shutdown(actx)
 	log.Info("stopped")
 	return serveErr
+}
+
+// metricLimit is the OpenTelemetry cardinality limit: every series the
+// config can make, so that none folds into otel_metric_overflow. A route
+// answers a handful of status codes; an entry has three results.
+func metricLimit(cfg *upstreams.Config) int {
+	return 2000 + 16*len(cfg.Routes) + 4*len(cfg.OAuth2)
 }

@@ -22,7 +22,9 @@ type telemetry struct {
 	handler  http.Handler
 }
 
-func newTelemetry() (*telemetry, error) {
+// newTelemetry sets up metrics. limit is the cardinality limit of each
+// instrument, sized for the config (metricLimit).
+func newTelemetry(limit int) (*telemetry, error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	exp, err := otelprom.New(
@@ -34,7 +36,7 @@ func newTelemetry() (*telemetry, error) {
 	if err != nil {
 		return nil, err
 	}
-	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(exp))
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(exp), sdkmetric.WithCardinalityLimit(limit))
 	return &telemetry{
 		provider: mp,
 		meter:    mp.Meter("github.com/oauthproxy/oauthproxy"),

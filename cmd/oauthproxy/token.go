@@ -43,7 +43,8 @@ func cmdToken(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	quiet := slog.New(slog.DiscardHandler)
-	src, err := upstreams.NewSource(cfg, name, upstreams.Options{Logger: quiet})
+	scrub := tokencache.NewScrubber()
+	src, err := upstreams.NewSource(cfg, name, upstreams.Options{Logger: quiet, Scrub: scrub})
 	if err != nil {
 		fmt.Fprintf(stderr, "oauthproxy token: %v\n", err)
 		return 1
@@ -59,7 +60,7 @@ func cmdToken(args []string, stdout, stderr io.Writer) int {
 		if errors.As(err, &te) {
 			msg = te.Detail()
 		}
-		fmt.Fprintf(stderr, "oauthproxy token %s: %s\n", name, msg)
+		fmt.Fprintf(stderr, "oauthproxy token %s: %s\n", name, scrub.Scrub(msg))
 		return 1
 	}
 	describeToken(stdout, name, st.TokenURL, tok, *show)

@@ -68,6 +68,9 @@ func Listen(cfg Config) (*Server, error) {
 		IdleTimeout:       cfg.IdleTimeout,
 		MaxHeaderBytes:    cfg.MaxHeaderBytes,
 		ErrorLog:          cfg.ErrorLog,
+		// OPTIONS * goes to the handler, through its inbound checks, rather
+		// than being answered 200 by net/http itself.
+		DisableGeneralOptionsHandler: true,
 	}
 	return s, nil
 }

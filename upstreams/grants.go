@@ -1,0 +1,92 @@
+package upstreams
+
+import (
+	"slices"
+
+	"github.com/oauthproxy/oauthproxy/tokencache"
+)
+
+// grantSpec is what the config knows of a grant: the keys it needs, the
+// grant-specific keys it takes, and how to build it. A new grant is a type
+// in tokencache and a line in this table.
+type grantSpec struct {
+	needs []string // keys that must be set: a problem names each missing one
+	takes []string // further grant-specific keys it uses
+	build func(o *OAuth2) tokencache.Grant
+}
+
+// grantKeys are the keys that belong to some grants only: set on an entry
+// whose grant does not take them, they are a problem.
+var grantKeys = []string{"username", "password", "refresh_token"}
+
+var grants = map[GrantType]grantSpec{
+	tokencache.GrantClientCredentials: {
+		build: func(*OAuth2) tokencache.Grant { return tokencache.ClientCredentials{} },
+	},
+	tokencache.GrantPassword: {
+		needs: []string{"username", "password"},
+		takes: []string{"refresh_token"},
+		build: func(o *OAuth2) tokencache.Grant {
+			return tokencache.Password{Username: o.Username, Password: o.Password.Secret}
+		},
+	},
+	tokencache.GrantRefreshToken: {
+		needs: []string{"refresh_token"},
+		build: func(o *OAuth2) tokencache.Grant { return tokencache.RefreshToken{Token: o.RefreshToken.Secret} },
+	},
+}
+
+// unsupportedGrants are grant types the contract names that this version
+// does not build yet: check says so rather than "not one of".
+var unsupportedGrants = []string{"authorization_code", "device_code", "jwt_bearer"}
+
+func grantNames() []string {
+	var out []string
+	for g := range grants {
+		out = append(out, string(g))
+	}
+	slices.Sort(out)
+	return out
+}
+
+// grantsTaking lists the grants that take key, for "only applies to".
+func grantsTaking(key string) []string {
+	var out []string
+	for name, g := range grants {
+		if slices.Contains(g.needs, key) || slices.Contains(g.takes, key) {
+			out = append(out, string(name))
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// clientAuthSpec is what the config knows of a client authentication
+// method: whether it sends the client secret, and how to build it.
+type clientAuthSpec struct {
+	secret bool // sends client_secret: it is required
+	build  func(o *OAuth2, secret *tokencache.ClientSecret) tokencache.ClientAuth
+}
+
+var clientAuths = map[ClientAuthMethod]clientAuthSpec{
+	"client_secret_basic": {secret: true, build: func(o *OAuth2, s *tokencache.ClientSecret) tokencache.ClientAuth {
+		return tokencache.ClientSecretBasic{ClientID: o.ClientID, Secret: s}
+	}},
+	"client_secret_post": {secret: true, build: func(o *OAuth2, s *tokencache.ClientSecret) tokencache.ClientAuth {
+		return tokencache.ClientSecretPost{ClientID: o.ClientID, Secret: s}
+	}},
+	"none": {build: func(o *OAuth2, _ *tokencache.ClientSecret) tokencache.ClientAuth {
+		return tokencache.PublicClient{ClientID: o.ClientID}
+	}},
+}
+
+var unsupportedClientAuths = []string{"client_secret_jwt", "private_key_jwt", "tls_client_auth"}
+
+func clientAuthNames() []string {
+	var out []string
+	for a := range clientAuths {
+		out = append(out, string(a))
+	}
+	slices.Sort(out)
+	return out
+}
