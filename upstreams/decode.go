@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"reflect"
 	"regexp"
@@ -24,7 +23,7 @@ import (
 // Load reads, checks and completes the config file at path. Its error is
 // Problems, every problem in the file at once, or the error reading it.
 func Load(path string) (*Config, error) {
-	data, err := os.ReadFile(path)
+	data, err := readLimited(path, maxConfigBytes)
 	if err != nil {
 		return nil, err
 	}
@@ -60,16 +59,25 @@ func Parse(file string, data []byte, res Resolver) (*Config, error) {
 	return cfg, nil
 }
 
-// maxNodes bounds how many nodes a file may expand to through aliases
-// (a "billion laughs" file would otherwise take forever).
-const maxNodes = 100_000
+// maxExpanded bounds how many values aliases and merge keys may add to a
+// file (a "billion laughs" file would otherwise take forever). Values
+// written out count against nothing but maxConfigBytes, so a route table
+// of any size loads.
+const maxExpanded = 100_000
+
+// maxConfigBytes bounds a config file's size.
+const maxConfigBytes = 32 << 20
 
 type decoder struct {
 	file     string
 	res      *resolver
 	problems Problems
 	warnings Problems
-	nodes    int
+	// expanding is how deep the decoder is inside an alias or merge;
+	// expanded counts the values decoded there.
+	expanding int
+	expanded  int
+	over      bool // maxExpanded was passed: decoding stopped
 	failed   map[[2]int]bool // line, col of every problem
 }
 
@@ -152,10 +160,11 @@ var (
 
 // value decodes n into v. It returns where n stands, and its raw text.
 func (d *decoder) value(n *yaml.Node, v reflect.Value, path string) Pos {
-	if d.nodes++; d.nodes > maxNodes {
-		if d.nodes == maxNodes+1 {
-			d.add(n, path, "the file expands to more than %d nodes (aliases?)", maxNodes)
-		}
+	if n.Kind == yaml.AliasNode {
+		d.expanding++
+		defer func() { d.expanding-- }()
+	}
+	if d.over || d.expanding > 0 && !d.count(n, path, 1) {
 		return Pos{}
 	}
 	n = deref(n)
@@ -261,7 +270,7 @@ func (d *decoder) value(n *yaml.Node, v reflect.Value, path string) Pos {
 				continue
 			}
 			ev := reflect.New(t.Elem()).Elem()
-			d.value(kv.val, ev, join(path, kv.key.Value))
+			d.pairValue(kv, ev, join(path, kv.key.Value))
 			m.SetMapIndex(reflect.ValueOf(kv.key.Value).Convert(t.Key()), ev)
 		}
 		v.Set(m)
@@ -291,14 +300,40 @@ func (d *decoder) structure(n *yaml.Node, v reflect.Value, path string) {
 			}
 			continue
 		}
-		pos[key] = d.value(kv.val, v.Field(i), join(path, key))
+		pos[key] = d.pairValue(kv, v.Field(i), join(path, key))
 	}
 	if f := v.FieldByName("Pos"); f.IsValid() && f.Type() == positionsType {
 		f.Set(reflect.ValueOf(pos))
 	}
 }
 
-type pair struct{ key, val *yaml.Node }
+type pair struct {
+	key, val *yaml.Node
+	merged   bool // from a merge key: its value counts as expanded
+}
+
+// pairValue decodes a mapping entry's value.
+func (d *decoder) pairValue(kv pair, v reflect.Value, path string) Pos {
+	if kv.merged {
+		d.expanding++
+		defer func() { d.expanding-- }()
+	}
+	return d.value(kv.val, v, path)
+}
+
+// count adds k values decoded inside an alias or merge, and reports
+// whether the file is still within maxExpanded. Passing it is a problem at
+// n and stops decoding: a config that loads is never missing values.
+func (d *decoder) count(n *yaml.Node, path string, k int) bool {
+	if d.expanded += k; d.expanded <= maxExpanded {
+		return true
+	}
+	if !d.over {
+		d.over = true
+		d.add(n, path, "aliases and merge keys expand the file to more than %d values: write repeated values out instead", maxExpanded)
+	}
+	return false
+}
 
 // pairs lists a mapping's entries: merged ones (<<: *anchor) first unless
 // the mapping sets the key itself. A key set twice is a problem.
@@ -320,7 +355,7 @@ func (d *decoder) pairs(n *yaml.Node, path string) []pair {
 			continue
 		}
 		seen[k.Value] = k
-		own = append(own, pair{k, val})
+		own = append(own, pair{key: k, val: val})
 	}
 	out := make([]pair, 0, len(own)+len(merged))
 	for _, p := range merged {
@@ -348,10 +383,13 @@ func (d *decoder) mergeSources(v *yaml.Node, path string) []pair {
 			d.add(m, path, "<< merges a mapping, got %s", describe(m))
 			continue
 		}
-		if d.nodes += len(m.Content); d.nodes > maxNodes {
+		if !d.count(m, path, len(m.Content)/2) {
 			return nil
 		}
-		out = append(out, d.pairs(m, path)...)
+		for _, p := range d.pairs(m, path) {
+			p.merged = true
+			out = append(out, p)
+		}
 	}
 	return out
 }

@@ -76,14 +76,18 @@ func readLimited(p string, limit int64) ([]byte, error) {
 		return nil, err
 	}
 	if !fi.Mode().IsRegular() {
-		return nil, errors.New("not a regular file")
+		return nil, &fs.PathError{Op: "read", Path: p, Err: errors.New("not a regular file")}
 	}
 	data, err := io.ReadAll(io.LimitReader(f, limit+1))
 	if err != nil {
 		return nil, err
 	}
 	if int64(len(data)) > limit {
-		return nil, fmt.Errorf("larger than %d KiB", limit>>10)
+		size := fmt.Sprintf("%d KiB", limit>>10)
+		if limit >= 1<<20 {
+			size = fmt.Sprintf("%d MiB", limit>>20)
+		}
+		return nil, &fs.PathError{Op: "read", Path: p, Err: errors.New("larger than " + size)}
 	}
 	return data, nil
 }

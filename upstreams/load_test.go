@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -241,4 +242,87 @@ func allKeys() []string {
 	}
 	walk(reflect.TypeOf(Config{}))
 	return keys
+}
+
+// TestLargeRouteTable: a table of 30,000 plain routes loads and builds; no
+// limit meant for aliases applies to values written out.
+func TestLargeRouteTable(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("oauth2:\n  a: {token_url: \"https://idp/t\", client_id: x, client_secret: y}\nroutes:\n")
+	for i := range 30_000 {
+		fmt.Fprintf(&b, "  - {prefix: /r%d/, upstream: \"https://api/%d/\", oauth2: a, retry_on: [401], timeout: 30s}\n", i, i)
+	}
+	cfg, err := Parse("big.yaml", []byte(b.String()), env())
+	if err != nil {
+		t.Fatalf("30,000 routes: %v", err)
+	}
+	rt, err := Build(cfg, nil, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rt.Close()
+	if rt.Table.Len() != 30_000 {
+		t.Errorf("table has %d routes", rt.Table.Len())
+	}
+}
+
+// TestMergeKeyLimit: merge keys that multiply past the limit are a problem
+// at the merge, and the config does not load with values missing.
+func TestMergeKeyLimit(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("x-base: &base\n")
+	for i := range 2000 {
+		fmt.Fprintf(&b, "  k%d: v\n", i)
+	}
+	b.WriteString("oauth2:\n  a: {token_url: \"https://idp/t\", client_id: x, client_secret: y}\nroutes:\n")
+	for i := range 100 {
+		fmt.Fprintf(&b, "  - {<<: *base, prefix: /r%d/, upstream: \"https://api/\", oauth2: a}\n", i)
+	}
+	_, err := Parse("merge.yaml", []byte(b.String()), env())
+	var ps Problems
+	if !errors.As(err, &ps) {
+		t.Fatalf("err = %v, want problems", err)
+	}
+	found := false
+	for _, p := range ps {
+		if strings.Contains(p.Msg, "aliases and merge keys expand") {
+			found = true
+			if p.Line == 1 && p.Col == 1 {
+				t.Errorf("the limit is reported at 1:1, not where it is passed: %v", p)
+			}
+		}
+	}
+	if !found {
+		t.Errorf("no problem names the limit:\n%v", err)
+	}
+}
+
+// TestFileReferenceLimits: ${file:...} refuses what is no small regular
+// file before reading it.
+func TestFileReferenceLimits(t *testing.T) {
+	dir := t.TempDir()
+	big := filepath.Join(dir, "big")
+	os.WriteFile(big, make([]byte, maxFileRef+1), 0o600)
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := &resolver{}
+	for _, tc := range []struct{ path, want string }{
+		{"/dev/zero", "not a regular file"},
+		{fifo, "not a regular file"},
+		{big, "larger than 64 KiB"},
+		{dir, "not a regular file"},
+	} {
+		done := make(chan error, 1)
+		go func() { _, err := r.expand("${file:" + tc.path + "}"); done <- err }()
+		select {
+		case err := <-done:
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("${file:%s}: %v, want %q", tc.path, err, tc.want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("${file:%s} blocked", tc.path)
+		}
+	}
 }

@@ -32,7 +32,9 @@ func at(ps Positions, key string) Pos {
 func (v *validator) run() {
 	c := v.cfg
 	v.listen()
-	v.hostPort(at(c.Pos, "admin_listen"), "admin_listen", c.AdminListen)
+	if _, ok := v.hostPort(at(c.Pos, "admin_listen"), "admin_listen", c.AdminListen); ok && sameListener(c.Listen, c.AdminListen) {
+		v.addAt(at(c.Pos, "admin_listen"), "admin_listen", "%q takes the same port as listen %q: they must differ", c.AdminListen, c.Listen)
+	}
 	v.server()
 	v.inbound()
 
@@ -300,7 +302,7 @@ func (v *validator) oauth2(name string, o *OAuth2) {
 // httpURL checks an absolute http(s) URL that tokens or secrets travel to.
 func (v *validator) httpURL(ps Positions, path, key string, cu URL, insecure bool) *url.URL {
 	p, path := at(ps, key), sub(path, key)
-	u, raw := cu.URL, cu.String()
+	u, raw := cu.URL, shownURL(cu.URL)
 	switch {
 	case u.Scheme != "http" && u.Scheme != "https":
 		v.addAt(p, path, "%q: want an absolute https:// URL", raw)
@@ -311,7 +313,7 @@ func (v *validator) httpURL(ps Positions, path, key string, cu URL, insecure boo
 	case u.User != nil:
 		v.addAt(p, path, "credentials in the URL are not allowed: they would show in logs and errors")
 		return nil
-	case u.Fragment != "" || strings.Contains(raw, "#"):
+	case u.Fragment != "" || strings.Contains(cu.String(), "#"):
 		v.addAt(p, path, "%q has a #fragment", raw)
 		return nil
 	}
@@ -356,7 +358,7 @@ func (v *validator) route(i int, r *Route, prefixes map[string]int) {
 	v.missing(p, path, "upstream", r.Upstream.String(), "")
 	if !r.Upstream.IsZero() {
 		if u := v.httpURL(p, path, "upstream", r.Upstream, r.InsecureHTTP); u != nil && (u.RawQuery != "" || u.ForceQuery) {
-			v.addAt(at(p, "upstream"), sub(path, "upstream"), "%q has a query: put the path only", r.Upstream)
+			v.addAt(at(p, "upstream"), sub(path, "upstream"), "%q has a query: put the path only", shownURL(u))
 		}
 	}
 	var inject string
@@ -409,6 +411,33 @@ func (v *validator) route(i int, r *Route, prefixes map[string]int) {
 			v.addAt(at(p, "remove_headers"), sub(path, fmt.Sprintf("remove_headers[%d]", j)), "%q is not a header name", k)
 		}
 	}
+}
+
+// shownURL is u as problems and warnings show it: without its query,
+// which can hold an API key ("?…" says there was one), and without
+// credentials.
+func shownURL(u *url.URL) string {
+	v := *u
+	v.User = nil
+	q := v.RawQuery != "" || v.ForceQuery
+	v.RawQuery, v.ForceQuery, v.Fragment, v.RawFragment = "", false, "", ""
+	if q {
+		return v.String() + "?…"
+	}
+	return v.String()
+}
+
+// sameListener reports whether two host:port listen addresses collide:
+// the same port on the same host, or on hosts one of which is every
+// interface. Port 0 (any free port) never collides.
+func sameListener(a, b string) bool {
+	ha, pa, err1 := net.SplitHostPort(a)
+	hb, pb, err2 := net.SplitHostPort(b)
+	if err1 != nil || err2 != nil || pa != pb || pa == "0" {
+		return false
+	}
+	any := func(h string) bool { return h == "" || h == "0.0.0.0" || h == "::" || h == "[::]" }
+	return strings.EqualFold(ha, hb) || any(ha) || any(hb)
 }
 
 // checkPrefix says what is wrong with a route prefix, or "".
