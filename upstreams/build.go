@@ -3,6 +3,7 @@ package upstreams
 import (
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
@@ -214,7 +215,7 @@ func (o *OAuth2) tokenParams() tokencache.Form {
 	if o.Resource != "" {
 		f.Add("resource", tokencache.Secret(o.Resource))
 	}
-	for _, k := range sortedKeys(o.Params) {
+	for _, k := range slices.Sorted(maps.Keys(o.Params)) {
 		f.Add(k, o.Params[k].Secret)
 	}
 	return f

@@ -77,8 +77,8 @@ type decoder struct {
 	// expanded counts the values decoded there.
 	expanding int
 	expanded  int
-	over      bool // maxExpanded was passed: decoding stopped
-	failed   map[[2]int]bool // line, col of every problem
+	over      bool            // maxExpanded was passed: decoding stopped
+	failed    map[[2]int]bool // line, col of every problem
 }
 
 func (d *decoder) add(n *yaml.Node, path, format string, args ...any) {

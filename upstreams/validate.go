@@ -2,6 +2,7 @@ package upstreams
 
 import (
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
@@ -38,11 +39,7 @@ func (v *validator) run() {
 	v.server()
 	v.inbound()
 
-	names := make([]string, 0, len(c.OAuth2))
-	for name := range c.OAuth2 {
-		names = append(names, name)
-	}
-	slices.Sort(names)
+	names := slices.Sorted(maps.Keys(c.OAuth2))
 	if len(names) == 0 {
 		v.addAt(at(c.Pos, "oauth2"), "oauth2", "no entries: define at least one OAuth2 configuration")
 	}
@@ -256,12 +253,12 @@ func (v *validator) oauth2(name string, o *OAuth2) {
 			v.addAt(at(p, "resource"), path+".resource", "%q: RFC 8707 wants an absolute URI without a fragment", o.Resource)
 		}
 	}
-	for _, k := range sortedKeys(o.Params) {
+	for _, k := range slices.Sorted(maps.Keys(o.Params)) {
 		if use, ok := reservedParams[k]; ok {
 			v.addAt(at(p, "params"), path+".params."+k, "set by the proxy: use the %s key instead", use)
 		}
 	}
-	for _, k := range sortedKeys(o.Headers) {
+	for _, k := range slices.Sorted(maps.Keys(o.Headers)) {
 		val := o.Headers[k]
 		switch {
 		case !validHeaderName(k):
@@ -366,11 +363,7 @@ func (v *validator) route(i int, r *Route, prefixes map[string]int) {
 	case r.OAuth2 == "":
 		v.missing(p, path, "oauth2", "", ": which OAuth2 configuration supplies this route's tokens")
 	case !ok:
-		names := make([]string, 0, len(v.cfg.OAuth2))
-		for n := range v.cfg.OAuth2 {
-			names = append(names, n)
-		}
-		slices.Sort(names)
+		names := slices.Sorted(maps.Keys(v.cfg.OAuth2))
 		msg := fmt.Sprintf("oauth2 %q is not defined", r.OAuth2)
 		if s := suggest(r.OAuth2, names); s != "" {
 			msg += fmt.Sprintf(" (did you mean %q?)", s)
@@ -395,7 +388,7 @@ func (v *validator) route(i int, r *Route, prefixes map[string]int) {
 	if r.Timeout <= 0 {
 		v.addAt(at(p, "timeout"), sub(path, "timeout"), "must be positive")
 	}
-	for _, k := range sortedKeys(r.SetHeaders) {
+	for _, k := range slices.Sorted(maps.Keys(r.SetHeaders)) {
 		val := r.SetHeaders[k]
 		switch {
 		case !validHeaderName(k):
@@ -465,16 +458,6 @@ func NormalizePrefix(s string) string {
 		return t
 	}
 	return "/"
-}
-
-// sortedKeys makes problems come out in the same order every run.
-func sortedKeys[M ~map[string]V, V any](m M) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
-	return keys
 }
 
 func validName(s string) bool {

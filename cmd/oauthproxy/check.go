@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 	"strings"
 
@@ -18,11 +19,7 @@ func cmdCheck(args []string, stdout, stderr io.Writer) int {
 	for _, w := range cfg.Warnings {
 		fmt.Fprintf(stdout, "%s:%d:%d: warning: %s\n", w.File, w.Line, w.Col, w.Msg)
 	}
-	names := make([]string, 0, len(cfg.OAuth2))
-	for name := range cfg.OAuth2 {
-		names = append(names, name)
-	}
-	slices.Sort(names)
+	names := slices.Sorted(maps.Keys(cfg.OAuth2))
 	fmt.Fprintf(stdout, "%s: ok: %d routes, %d oauth2 entries (%s)\n", cfg.File, len(cfg.Routes), len(cfg.OAuth2), strings.Join(names, ", "))
 	return 0
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -34,11 +35,7 @@ func cmdToken(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	if _, ok := cfg.OAuth2[name]; !ok {
-		names := make([]string, 0, len(cfg.OAuth2))
-		for n := range cfg.OAuth2 {
-			names = append(names, n)
-		}
-		slices.Sort(names)
+		names := slices.Sorted(maps.Keys(cfg.OAuth2))
 		fmt.Fprintf(stderr, "oauthproxy token: no oauth2 entry %q in %s (defined: %s)\n", name, cfg.File, strings.Join(names, ", "))
 		return 1
 	}
