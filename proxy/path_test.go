@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -185,4 +186,27 @@ func FuzzRoutePath(f *testing.F) {
 			t.Fatalf("outPath(%q) = %q holds a forbidden byte", p, out)
 		}
 	})
+}
+
+// BenchmarkRouting: matching a request path against tables of 1, 100 and
+// 10,000 routes. The cost depends on the path's depth, not on the table's
+// size (goal: flat ns/op, 0 allocs/op).
+func BenchmarkRouting(b *testing.B) {
+	for _, n := range []int{1, 100, 10_000} {
+		b.Run(fmt.Sprintf("routes=%d", n), func(b *testing.B) {
+			var rs []*route
+			for i := range n {
+				p := fmt.Sprintf("/svc%d/v1", i)
+				rs = append(rs, &route{Route: Route{Prefix: p}, prefix: p})
+			}
+			tab := tableOf(rs...)
+			path := fmt.Sprintf("/svc%d/v1/orders/42/lines", n/2)
+			b.ReportAllocs()
+			for b.Loop() {
+				if rt, _ := tab.match(path); rt == nil {
+					b.Fatal("no match")
+				}
+			}
+		})
+	}
 }
