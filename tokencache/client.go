@@ -231,6 +231,11 @@ func (c *Client) Refusal(a *Answer) *Error {
 	e := &Error{OAuth2: c.Name, Endpoint: a.Endpoint, Status: a.Status}
 	var desc string
 	e.Code, desc = parseErrorBody(a.Body)
+	if e.Code != "" && c.Scrub.Scrub(e.Code) != e.Code {
+		// A server that echoes what it received may put a secret (or its
+		// base64) where the code goes.
+		e.Code = "unrecognized_error"
+	}
 	e.Description = safeDescription(c.Scrub.Scrub(desc))
 	e.RetryAfter, _ = ParseRetryAfter(a.Header.Get("Retry-After"), time.Now())
 	e.Permanent = permanent(a.Status, e.Code)
@@ -319,17 +324,26 @@ func parseErrorBody(raw []byte) (code, desc string) {
 // validErrorCode accepts the error codes this proxy repeats to clients:
 // RFC 6749 §5.2 allows more characters, but a code made of them is more
 // likely an echo of something else than a code.
+//
+// Codes reach clients' error bodies, /tokens and /readyz, so a code that
+// could be an echoed token is refused even when no known secret matches:
+// snake_case words (every registered code is one) pass at any length;
+// anything else only without a run of 20 token characters (opaque).
 func validErrorCode(s string) bool {
 	if s == "" || len(s) > 64 {
 		return false
 	}
+	snake := true
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-' || c == '.') {
 			return false
 		}
+		if !(c >= 'a' && c <= 'z' || c == '_' && i > 0 && s[i-1] != '_') {
+			snake = false
+		}
 	}
-	return true
+	return snake || !opaque(s)
 }
 
 // safeDescription is an error_description fit for a log line: printable

@@ -132,6 +132,14 @@ func TestRequestErrors(t *testing.T) {
 			wantMsg: "answered 400 unrecognized_error", wantCode: "unrecognized_error", permanent: true},
 		{name: "opaque echo masked", status: 400, body: `{"error":"invalid_request","error_description":"got dW5rbm93bi1zZWNyZXQtdmFsdWUtZWNob2Vk from you"}`,
 			wantMsg: "answered 400 invalid_request", wantCode: "invalid_request", wantDesc: "got [redacted] from you", permanent: true},
+		{name: "secret echoed as the code", status: 400, body: `{"error":"czNjcjN0LWNhbmFyeQ"}`,
+			wantMsg: "answered 400 unrecognized_error", wantCode: "unrecognized_error", permanent: true},
+		{name: "unknown token echoed as the code", status: 400, body: `{"error":"dW5rbm93bi1yZWZyZXNoLXRva2Vu"}`,
+			wantMsg: "answered 400 unrecognized_error", wantCode: "unrecognized_error", permanent: true},
+		{name: "long registered code kept", status: 400, body: `{"error":"unsupported_grant_type"}`,
+			wantMsg: "answered 400 unsupported_grant_type", wantCode: "unsupported_grant_type", permanent: true},
+		{name: "vendor code kept", status: 401, body: `{"error":"AADSTS700016"}`,
+			wantMsg: "answered 401 AADSTS700016", wantCode: "AADSTS700016", permanent: true},
 		{name: "slow", hang: true, wantMsg: "did not answer within 100ms"},
 	}
 	for _, tc := range tests {
