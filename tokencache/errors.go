@@ -78,6 +78,8 @@ type LoginRequiredError struct {
 	// Reason says why, when it is more than "no refresh token yet"
 	// (invalid_grant, access_denied, a pending device code).
 	Reason string
+	// Device is the pending device code, for the device code grant.
+	Device *DeviceAuthorization
 }
 
 func (e *LoginRequiredError) Error() string {

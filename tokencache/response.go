@@ -58,6 +58,7 @@ type response struct {
 	RefreshToken string
 	Scope        []string
 	ExpiresIn    time.Duration // 0 when the response gives none
+	IDToken      string        // OpenID Connect; names who signed in
 }
 
 var errNotObject = errors.New("not a JSON object")
@@ -108,6 +109,7 @@ func parseTokenResponse(raw []byte, f ResponseFields) (*response, error) {
 			}
 		}
 	}
+	r.IDToken, _ = obj["id_token"].(string)
 	exp, err := expiresIn(lookup(obj, f.ExpiresIn))
 	if err != nil {
 		return nil, fmt.Errorf("%s %w", f.ExpiresIn, err)

@@ -73,6 +73,17 @@ func (s *schedule) succeeded(now time.Time) (recovered bool) {
 	return recovered
 }
 
+// succeededLogin clears a login_required condition without a token: a
+// person asked to sign in again, so the next attempt is due now.
+func (s *schedule) succeededLogin() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var lr *LoginRequiredError
+	if errors.As(s.lastErr, &lr) {
+		s.retryAt = time.Time{}
+	}
+}
+
 // failed records a failure and returns the backoff before the next
 // attempt and how many failures in a row this makes.
 func (s *schedule) failed(err error, now time.Time) (time.Duration, int) {

@@ -38,6 +38,8 @@ type Config struct {
 	// LoginURL is where a person signs in for this entry (the admin
 	// listener's login page), named by login_required errors.
 	LoginURL string
+	// Revocation is where tokens are revoked; an empty URL: nowhere.
+	Revocation Revocation
 
 	// DefaultTTL is the lifetime of a token whose response gives none (no
 	// expires_in, or 0) and that is not a JWT with an exp claim.
@@ -82,6 +84,8 @@ type Source struct {
 
 	mu  sync.Mutex // guards rec; never held across I/O
 	rec Record     // the stored record as last read or written
+
+	signMu sync.Mutex // one sign-in or revocation at a time
 
 	wake      chan struct{}
 	stop      chan struct{}
@@ -136,6 +140,9 @@ func New(cfg Config) (*Source, error) {
 			return nil, err
 		}
 	}
+	if a, ok := s.grant.(interface{ attach(*Source) }); ok {
+		a.attach(s)
+	}
 	if cfg.Metrics != nil {
 		s.met = cfg.Metrics.register(s)
 	}
@@ -166,6 +173,10 @@ func (s *Source) seed(rt Secret) error {
 
 // Name is the oauth2 entry's name.
 func (s *Source) Name() string { return s.name }
+
+// Grant is the entry's grant: the login page needs the authorization code
+// grant's Begin, a sign-in on the page a device code's Restart.
+func (s *Source) Grant() Grant { return s.grant }
 
 // Token returns a usable access token, fetching one if none is cached. While
 // the token endpoint is backing off after failures it returns the last
@@ -274,8 +285,11 @@ func (s *Source) obtain(ctx context.Context, start time.Time) (*Token, error) {
 		return nil, &Error{OAuth2: s.name, Endpoint: SafeURL(s.cfg.TokenURL), Permanent: true, Err: err}
 	case err != nil:
 		var lr *LoginRequiredError
-		if errors.As(err, &lr) && lr.LoginURL == "" {
-			lr.LoginURL = s.cfg.LoginURL
+		if errors.As(err, &lr) {
+			lr.OAuth2 = s.name
+			if lr.LoginURL == "" {
+				lr.LoginURL = s.cfg.LoginURL
+			}
 		}
 		return nil, err
 	}
@@ -315,7 +329,22 @@ func (s *Source) forget(ctx context.Context, rec Record, why *Error) {
 // secret after invalid_client) and turns the answer into a Token. A new
 // refresh token is stored before the token is returned.
 func (s *Source) exchange(ctx context.Context, grant Form, start time.Time) (*Token, error) {
-	tok, rt, err := s.request(ctx, grant, start)
+	tok, r, err := s.request(ctx, grant, start, false)
+	if err != nil {
+		return nil, err
+	}
+	if r.RefreshToken != "" && s.grant.KeepsRefreshToken() {
+		s.keep(ctx, Secret(r.RefreshToken), tok) // a failure is logged; the token is still good
+	}
+	return tok, nil
+}
+
+// request sends the token request (once more with re-read client
+// credentials after invalid_client) and checks the answer. A sign-in's
+// exchange (the code's, a device code's) carries no scope: the
+// authorization request had it.
+func (s *Source) request(ctx context.Context, grant Form, start time.Time, signIn bool) (*Token, *response, error) {
+	tok, r, err := s.send(ctx, grant, start, signIn)
 	var te *Error
 	if errors.As(err, &te) && te.Code == "invalid_client" {
 		switch changed, rerr := s.client.Auth.Rotate(); {
@@ -323,54 +352,52 @@ func (s *Source) exchange(ctx context.Context, grant Form, start time.Time) (*To
 			s.log.Warn("re-reading the client credentials after invalid_client failed", "error", rerr)
 		case changed:
 			s.log.Info("the client credentials changed on disk; trying the new ones")
-			tok, rt, err = s.request(ctx, grant, start)
+			tok, r, err = s.send(ctx, grant, start, signIn)
 		}
 	}
-	if err != nil {
-		return nil, err
-	}
-	if rt != "" && s.grant.KeepsRefreshToken() {
-		s.keep(ctx, rt, tok)
-	}
-	return tok, nil
+	return tok, r, err
 }
 
-// request sends the token request and checks the answer.
-func (s *Source) request(ctx context.Context, grant Form, start time.Time) (*Token, Secret, error) {
+func (s *Source) send(ctx context.Context, grant Form, start time.Time, signIn bool) (*Token, *response, error) {
 	form := make(Form, 0, len(grant)+len(s.cfg.Params))
-	form = append(append(form, grant...), s.cfg.Params...)
+	form = append(form, grant...)
+	for _, p := range s.cfg.Params {
+		if !signIn || p.Key != "scope" {
+			form = append(form, p)
+		}
+	}
 	a, err := s.client.Send(ctx, Request{Method: s.cfg.TokenMethod, URL: s.cfg.TokenURL, Form: form})
 	if err != nil {
-		return nil, "", err
+		return nil, nil, err
 	}
 	if e := s.client.Refusal(a); e != nil {
-		return nil, "", e
+		return nil, nil, e
 	}
 	garbage := func(err error) error {
 		return &Error{OAuth2: s.name, Endpoint: a.Endpoint, Status: a.Status, Err: err}
 	}
 	r, err := parseTokenResponse(a.Body, s.cfg.Fields.withDefaults())
 	if err != nil {
-		return nil, "", garbage(describeBadBody(err, a.Header.Get("Content-Type")))
+		return nil, nil, garbage(describeBadBody(err, a.Header.Get("Content-Type")))
 	}
 	tok, err := s.life.newToken(r, start)
 	if err != nil {
-		return nil, "", garbage(err)
+		return nil, nil, garbage(err)
 	}
-	return tok, Secret(r.RefreshToken), nil
+	return tok, r, nil
 }
 
 // keep stores a new refresh token, before its access token is used: a
 // rotated refresh token spent on the server and lost here would end the
 // grant (RFC 9700 §4.14.2). A store that cannot write keeps it in memory
 // and says so loudly; the next renewal tries again.
-func (s *Source) keep(ctx context.Context, rt Secret, tok *Token) {
+func (s *Source) keep(ctx context.Context, rt Secret, tok *Token) error {
 	s.cfg.Scrub.Set(s.name, rt, tok.AccessToken)
 	s.mu.Lock()
 	rec := s.rec
 	s.mu.Unlock()
 	if rec.RefreshToken == rt {
-		return
+		return nil
 	}
 	rec.RefreshToken, rec.Updated = rt, s.now()
 	stored, err := s.store.CompareAndSwap(ctx, s.key, rec.Generation, rec)
@@ -383,10 +410,12 @@ func (s *Source) keep(ctx context.Context, rt Secret, tok *Token) {
 	if err != nil {
 		s.log.Error("storing the new refresh token failed; it is kept in memory only", "error", err)
 		stored = rec
+		err = fmt.Errorf("oauth2 %q: storing the refresh token: %w", s.name, err)
 	}
 	s.mu.Lock()
 	s.rec = stored
 	s.mu.Unlock()
+	return err
 }
 
 func (s *Source) succeeded(t *Token) {

@@ -46,6 +46,9 @@ type Status struct {
 	Subject string `json:"subject,omitempty"`
 	// LoginURL is where to sign in, while the state is login_required.
 	LoginURL string `json:"login_url,omitempty"`
+	// Device is the pending device code (device_pending): the user code
+	// and where to enter it. Never the device code itself.
+	Device *DeviceAuthorization `json:"device,omitempty"`
 }
 
 // Ready reports whether the Source holds a usable token.
@@ -88,6 +91,9 @@ func (s *Source) Status() Status {
 		st.State = StateValid
 	case usable:
 		st.State = StateRefreshFailing
+	case lr != nil && lr.Device != nil && now.Before(lr.Device.ExpiresAt):
+		st.State, st.LoginURL, st.Device = StateDevicePending, lr.LoginURL, lr.Device
+		st.Failures = 0
 	case lr != nil:
 		st.State, st.LoginURL = StateLoginRequired, lr.LoginURL
 		st.Failures = 0 // waiting for a person is no failure
