@@ -173,4 +173,3 @@ func subjectOf(idToken, accessToken string) string {
 	}
 	return str("sub")
 }
-
