@@ -38,6 +38,17 @@ func (f Form) Get(key string) Secret {
 	return ""
 }
 
+// Without returns f without the parameters named key.
+func (f Form) Without(key string) Form {
+	out := make(Form, 0, len(f))
+	for _, p := range f {
+		if p.Key != key {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
 // RequestFormat is the encoding of a request's body.
 type RequestFormat int
 

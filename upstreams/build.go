@@ -181,11 +181,18 @@ func sourceConfig(cfg *Config, name string, trs *transports, opts Options) (toke
 		HTTP:    tokencache.NewHTTPClient(o.Timeout, trs.token(o)),
 		Scrub:   opts.Scrub,
 	}
+	var loginURL string
+	if o.GrantType == tokencache.GrantAuthorizationCode {
+		loginURL = cfg.LoginURL(name)
+	}
 	return tokencache.Config{
-		Name:     name,
-		Client:   client,
-		TokenURL: o.TokenURL.String(),
-		Params:   o.tokenParams(),
+		Name:        name,
+		Client:      client,
+		TokenURL:    o.TokenURL.String(),
+		TokenMethod: string(o.TokenMethod),
+		LoginURL:    loginURL,
+		Revocation:  tokencache.Revocation{URL: o.RevokeURL.String(), Method: string(o.RevokeMethod)},
+		Params:      o.tokenParams(),
 		Fields: tokencache.ResponseFields{
 			AccessToken:  o.Response.AccessToken,
 			ExpiresIn:    o.Response.ExpiresIn,

@@ -8,6 +8,9 @@
 package upstreams
 
 import (
+	"net"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/oauthproxy/oauthproxy/tokencache"
@@ -106,6 +109,33 @@ type OAuth2 struct {
 	// ProxyURL sends token requests through an HTTP(S) or SOCKS5 proxy.
 	// HTTP_PROXY is never used.
 	ProxyURL ProxyURL `yaml:"proxy_url"`
+	// TokenMethod is POST (default) or GET: a GET sends the token
+	// request's parameters in the query, the client's credentials in the
+	// Authorization header.
+	TokenMethod HTTPMethod `yaml:"token_method"`
+
+	// Sign-in: the authorization code and device code grants.
+	AuthURL URL `yaml:"auth_url"`
+	// RedirectURL defaults to the admin listener's callback,
+	// http://ADMIN_LISTEN/oauth2/NAME/callback.
+	RedirectURL URL    `yaml:"redirect_url"`
+	Prompt      string `yaml:"prompt"` // consent | login | select_account | none
+	// RequestRefreshToken adds offline_access to the scopes.
+	RequestRefreshToken bool       `yaml:"request_refresh_token"`
+	AuthMethod          HTTPMethod `yaml:"auth_method"` // GET (a redirect, default) | POST (a form)
+	DeviceAuthURL       URL        `yaml:"device_auth_url"`
+
+	// Revocation (RFC 7009).
+	RevokeURL    URL        `yaml:"revoke_url"`
+	RevokeMethod HTTPMethod `yaml:"revoke_method"` // POST (default) | GET
+	// RevokeOnShutdown revokes the access token of a client_credentials or
+	// password entry when the proxy stops.
+	RevokeOnShutdown bool `yaml:"revoke_on_shutdown"`
+
+	// Store keeps refresh tokens across restarts in one file for all
+	// entries, encrypted with StoreKey (32 bytes, base64).
+	Store    string `yaml:"store"`
+	StoreKey Secret `yaml:"store_key"`
 
 	Name string    `yaml:"-"`
 	Pos  Positions `yaml:"-"`
@@ -218,6 +248,15 @@ func (c *Config) applyDefaults() {
 		defEnum(&o.GrantType, tokencache.GrantClientCredentials, o.Pos, "grant_type")
 		defEnum(&o.ClientAuth, "client_secret_basic", o.Pos, "client_auth")
 		defEnum(&o.RequestFormat, "form", o.Pos, "request_format")
+		defEnum(&o.TokenMethod, "POST", o.Pos, "token_method")
+		defEnum(&o.RevokeMethod, "POST", o.Pos, "revoke_method")
+		defEnum(&o.AuthMethod, "GET", o.Pos, "auth_method")
+		if o.RedirectURL.IsZero() && (o.GrantType == tokencache.GrantAuthorizationCode) && !strings.HasPrefix(c.AdminListen, "unix:") {
+			o.RedirectURL.UnmarshalText([]byte(adminURL(c.AdminListen) + "/oauth2/" + name + "/callback"))
+		}
+		if o.RequestRefreshToken && !slices.Contains(o.Scopes, "offline_access") {
+			o.Scopes = append(o.Scopes, "offline_access")
+		}
 		def(&o.Inject.Header, DefaultInjectHeader)
 		def(&o.Inject.Format, DefaultInjectFormat)
 		defDur(&o.DefaultTTL, tokencache.DefaultTokenTTL)
@@ -254,4 +293,26 @@ func defEnum[T ~string](v *T, def T, ps Positions, key string) {
 	if _, written := ps[key]; *v == "" && !written {
 		*v = def
 	}
+}
+
+// adminURL is the base URL of the admin listener as a browser on this
+// machine reaches it: a wildcard host becomes 127.0.0.1.
+func adminURL(listen string) string {
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return "http://" + listen
+	}
+	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+		host = "127.0.0.1"
+	}
+	return "http://" + net.JoinHostPort(host, port)
+}
+
+// LoginURL is where a person signs in for the entry name: the admin
+// listener's login page.
+func (c *Config) LoginURL(name string) string {
+	if strings.HasPrefix(c.AdminListen, "unix:") {
+		return "/oauth2/" + name + "/login on the admin socket"
+	}
+	return adminURL(c.AdminListen) + "/oauth2/" + name + "/login"
 }

@@ -2,6 +2,7 @@ package upstreams
 
 import (
 	"slices"
+	"strings"
 
 	"github.com/oauthproxy/oauthproxy/tokencache"
 )
@@ -17,7 +18,30 @@ type grantSpec struct {
 
 // grantKeys are the keys that belong to some grants only: set on an entry
 // whose grant does not take them, they are a problem.
-var grantKeys = []string{"username", "password", "refresh_token"}
+var grantKeys = []string{"username", "password", "refresh_token", "auth_url", "redirect_url", "prompt",
+	"request_refresh_token", "auth_method", "device_auth_url", "store", "store_key"}
+
+// grantValue is the value of a grant-specific key as text, for "missing".
+func (o *OAuth2) grantValue(key string) string {
+	switch key {
+	case "username":
+		return o.Username
+	case "password":
+		return o.Password.Reveal()
+	case "refresh_token":
+		return o.RefreshToken.Reveal()
+	case "auth_url":
+		return o.AuthURL.String()
+	case "redirect_url":
+		return o.RedirectURL.String()
+	case "device_auth_url":
+		return o.DeviceAuthURL.String()
+	case "store":
+		return o.Store
+	}
+	return ""
+}
+
 
 var grants = map[GrantType]grantSpec{
 	tokencache.GrantClientCredentials: {
@@ -25,20 +49,36 @@ var grants = map[GrantType]grantSpec{
 	},
 	tokencache.GrantPassword: {
 		needs: []string{"username", "password"},
-		takes: []string{"refresh_token"},
+		takes: []string{"refresh_token", "store", "store_key"},
 		build: func(o *OAuth2) tokencache.Grant {
 			return tokencache.Password{Username: o.Username, Password: o.Password.Secret}
 		},
 	},
 	tokencache.GrantRefreshToken: {
 		needs: []string{"refresh_token"},
+		takes: []string{"store", "store_key"},
 		build: func(o *OAuth2) tokencache.Grant { return tokencache.RefreshToken{Token: o.RefreshToken.Secret} },
+	},
+	tokencache.GrantAuthorizationCode: {
+		needs: []string{"auth_url", "redirect_url"},
+		takes: []string{"prompt", "request_refresh_token", "auth_method", "store", "store_key"},
+		build: func(o *OAuth2) tokencache.Grant {
+			return tokencache.AuthorizationCode{AuthURL: o.AuthURL.String(), RedirectURL: o.RedirectURL.String(),
+				ClientID: o.ClientID, Scope: strings.Join(o.Scopes, " "), Prompt: o.Prompt, Extra: o.tokenParams().Without("scope")}
+		},
+	},
+	tokencache.GrantDeviceCode: {
+		needs: []string{"device_auth_url"},
+		takes: []string{"request_refresh_token", "store", "store_key"},
+		build: func(o *OAuth2) tokencache.Grant {
+			return &tokencache.DeviceCode{DeviceAuthURL: o.DeviceAuthURL.String(), Request: o.tokenParams()}
+		},
 	},
 }
 
 // unsupportedGrants are grant types the contract names that this version
 // does not build yet: check says so rather than "not one of".
-var unsupportedGrants = []string{"authorization_code", "device_code", "jwt_bearer"}
+var unsupportedGrants = []string{"jwt_bearer"}
 
 func grantNames() []string {
 	var out []string

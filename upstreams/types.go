@@ -1,6 +1,8 @@
 package upstreams
 
 import (
+	"encoding/base64"
+	"errors"
 	"fmt"
 	"net/url"
 	"slices"
@@ -116,6 +118,12 @@ func (a *ClientAuthMethod) UnmarshalText(b []byte) error {
 	return fmt.Errorf("%q is not one of %s", b, strings.Join(clientAuthNames(), ", "))
 }
 
+// HTTPMethod is GET or POST, for token_method, revoke_method, auth_method.
+type HTTPMethod string
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (m *HTTPMethod) UnmarshalText(b []byte) error { return enum(m, b, "GET", "POST") }
+
 // RequestFormat is the body of token requests: form or json.
 type RequestFormat string
 
@@ -179,3 +187,18 @@ func (p ProxyURL) String() string {
 
 // Format implements fmt.Formatter, so that no verb prints the credentials.
 func (p ProxyURL) Format(f fmt.State, _ rune) { fmt.Fprint(f, p.String()) }
+
+// ParseStoreKey reads a store_key: the standard or URL-safe base64 of
+// exactly 32 bytes, padded or not. Its errors never show the value.
+func ParseStoreKey(s string) ([]byte, error) {
+	s = strings.TrimSpace(s)
+	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
+		if b, err := enc.DecodeString(s); err == nil {
+			if len(b) != 32 {
+				return nil, fmt.Errorf("decodes to %d bytes; want 32 (make one with: head -c 32 /dev/urandom | base64)", len(b))
+			}
+			return b, nil
+		}
+	}
+	return nil, errors.New("is not base64 (make one with: head -c 32 /dev/urandom | base64)")
+}

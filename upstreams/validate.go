@@ -233,9 +233,8 @@ func (v *validator) oauth2(name string, o *OAuth2) {
 		}
 	}
 	if g, ok := grants[o.GrantType]; ok {
-		values := map[string]string{"username": o.Username, "password": o.Password.Reveal(), "refresh_token": o.RefreshToken.Reveal()}
 		for _, k := range g.needs {
-			v.missing(p, path, k, values[k], fmt.Sprintf(" (grant_type %s)", o.GrantType))
+			v.missing(p, path, k, o.grantValue(k), fmt.Sprintf(" (grant_type %s)", o.GrantType))
 		}
 		for _, k := range grantKeys {
 			if _, set := p[k]; set && !slices.Contains(g.needs, k) && !slices.Contains(g.takes, k) {
@@ -243,6 +242,7 @@ func (v *validator) oauth2(name string, o *OAuth2) {
 			}
 		}
 	}
+	v.signIn(path, o)
 	for i, s := range o.Scopes {
 		if s == "" || strings.ContainsAny(s, " \t\"\\") {
 			v.addAt(at(p, "scopes"), fmt.Sprintf("%s.scopes[%d]", path, i), "%q is not one scope: list scopes one by one", s)
@@ -293,6 +293,67 @@ func (v *validator) oauth2(name string, o *OAuth2) {
 		v.addAt(at(ip, "format"), path+".inject.format", "%q must hold {token} once", o.Inject.Format)
 	} else if strings.ContainsAny(o.Inject.Format, "\r\n") {
 		v.addAt(at(ip, "format"), path+".inject.format", "holds a line break")
+	}
+}
+
+// signIn checks the keys of sign-in, revocation, the store and the
+// request methods.
+func (v *validator) signIn(path string, o *OAuth2) {
+	p := o.Pos
+	for _, u := range []struct {
+		key string
+		val URL
+	}{{"auth_url", o.AuthURL}, {"redirect_url", o.RedirectURL}, {"device_auth_url", o.DeviceAuthURL}, {"revoke_url", o.RevokeURL}} {
+		if !u.val.IsZero() {
+			v.httpURL(p, path, u.key, u.val, o.InsecureHTTP)
+		}
+	}
+	if o.Prompt != "" {
+		v.oneOf(p, path, "prompt", o.Prompt, "consent", "login", "select_account", "none")
+	}
+	if o.ClientAuth == "client_secret_post" {
+		if o.TokenMethod == "GET" {
+			v.addAt(at(p, "token_method"), path+".token_method", "GET with client_auth client_secret_post would put the client secret in the URL: use client_secret_basic")
+		}
+		if o.RevokeMethod == "GET" {
+			v.addAt(at(p, "revoke_method"), path+".revoke_method", "GET with client_auth client_secret_post would put the client secret in the URL: use client_secret_basic")
+		}
+	}
+	if o.TokenMethod == "GET" && o.RequestFormat == "json" {
+		v.addAt(at(p, "token_method"), path+".token_method", "GET sends no body: request_format json cannot apply")
+	}
+	if _, set := p["revoke_method"]; set && o.RevokeURL.IsZero() {
+		v.addAt(p["revoke_method"], path+".revoke_method", "set, but there is no revoke_url")
+	}
+	if o.RevokeOnShutdown {
+		switch {
+		case o.RevokeURL.IsZero():
+			v.addAt(p["revoke_on_shutdown"], path+".revoke_on_shutdown", "needs revoke_url")
+		case o.GrantType != tokencache.GrantClientCredentials && o.GrantType != tokencache.GrantPassword:
+			v.addAt(p["revoke_on_shutdown"], path+".revoke_on_shutdown", "only applies to grant_type client_credentials, password (a stored refresh token outlives the process)")
+		}
+	}
+	_, storeSet := p["store"]
+	_, keySet := p["store_key"]
+	switch {
+	case storeSet && !keySet:
+		v.addAt(p["store"], path+".store", "needs store_key (32 bytes, base64): the refresh tokens are encrypted at rest")
+	case keySet && !storeSet:
+		v.addAt(p["store_key"], path+".store_key", "set, but there is no store")
+	case keySet && !v.failedAt(p["store_key"]):
+		if _, err := ParseStoreKey(o.StoreKey.Reveal()); err != nil {
+			v.addAt(p["store_key"], path+".store_key", "%v", err)
+		}
+	}
+	if o.GrantType == tokencache.GrantAuthorizationCode || o.GrantType == tokencache.GrantDeviceCode {
+		if !storeSet {
+			v.warnAt(p[""], path, "no store: the refresh token lives in memory only, and every restart needs a new sign-in (set store and store_key)")
+		}
+		if o.GrantType == tokencache.GrantAuthorizationCode && strings.HasPrefix(v.cfg.AdminListen, "unix:") {
+			if _, set := p["redirect_url"]; !set {
+				v.addAt(p[""], path, "missing redirect_url (admin_listen is a unix socket, so there is no default)")
+			}
+		}
 	}
 }
 
