@@ -145,6 +145,16 @@ func (v *validator) hostPort(p Pos, key, addr string) (string, bool) {
 
 // isLoopbackHost reports whether a listen host or URL host is loopback:
 // localhost or a loopback address. The empty host is every interface.
+// IsLoopbackListen reports whether a listen address (host:port or
+// unix:/path) is reachable from this machine only.
+func IsLoopbackListen(addr string) bool {
+	if strings.HasPrefix(addr, "unix:") {
+		return true
+	}
+	host, _, err := net.SplitHostPort(addr)
+	return err == nil && host != "" && isLoopbackHost(host)
+}
+
 func isLoopbackHost(host string) bool {
 	if strings.EqualFold(host, "localhost") {
 		return true

@@ -101,8 +101,9 @@ func serve(ctx context.Context, cfg *upstreams.Config, log *slog.Logger, scrub *
 		return fmt.Errorf("listen: %w", err)
 	}
 	adminSrv, err := server.Listen(server.Config{
-		Addr:              cfg.AdminListen,
-		Handler:           admin.New(admin.Options{Runtime: a.runtime, Metrics: a.tel.handler, Serving: &a.serving}),
+		Addr: cfg.AdminListen,
+		Handler: admin.New(admin.Options{Runtime: a.runtime, Metrics: a.tel.handler, Serving: &a.serving,
+			Loopback: upstreams.IsLoopbackListen(cfg.AdminListen), Scrub: scrub}),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       time.Minute,
 		MaxHeaderBytes:    16 << 10,

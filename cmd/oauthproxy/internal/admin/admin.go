@@ -24,12 +24,21 @@ type Options struct {
 	// Serving is false before the proxy serves and once it shuts down:
 	// /readyz then answers 503.
 	Serving *atomic.Bool
+	// Loopback says the admin listener is on loopback (or a unix
+	// socket): only then do sign-in and the actions answer.
+	Loopback bool
+	// AdminHosts are Host names accepted besides localhost and loopback
+	// addresses.
+	AdminHosts []string
+	// Scrub cleans messages of secrets; nil: none.
+	Scrub *tokencache.Scrubber
 }
 
 // Handler serves the admin endpoints. Safe for concurrent use.
 type Handler struct {
-	opts Options
-	mux  *http.ServeMux
+	opts   Options
+	mux    *http.ServeMux
+	logins logins
 }
 
 // New returns the admin handler.
@@ -45,6 +54,16 @@ func New(opts Options) *Handler {
 	h.mux.Handle("GET /metrics", opts.Metrics)
 	h.mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, "oauthproxy admin: /healthz /readyz /metrics /tokens")
+	})
+	h.mux.HandleFunc("GET /oauth2/{name}/login", h.guard(h.login))
+	h.mux.HandleFunc("POST /oauth2/{name}/login", h.guard(h.login))
+	h.mux.HandleFunc("GET /oauth2/{name}/callback", h.guard(h.callback))
+	h.mux.HandleFunc("POST /oauth2/{name}/revoke", h.guard(h.revoke))
+	h.mux.HandleFunc("POST /oauth2/{name}/renew", h.guard(h.renew))
+	h.mux.HandleFunc("GET /oauth2/autosubmit.js", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/javascript; charset=utf-8")
+		w.Header().Set("X-Content-Type-Options", "nosniff")
+		fmt.Fprint(w, autosubmit)
 	})
 	return h
 }
@@ -73,8 +92,8 @@ func (h *Handler) readyz(w http.ResponseWriter, r *http.Request) {
 		}
 		reason := fmt.Sprintf("oauth2 %s: no token yet", st.OAuth2)
 		switch {
-		case st.State == tokencache.StateLoginRequired:
-			reason = fmt.Sprintf("oauth2 %s: login_required", st.OAuth2)
+		case st.State == tokencache.StateLoginRequired || st.State == tokencache.StateDevicePending:
+			reason = fmt.Sprintf("oauth2 %s: %s", st.OAuth2, st.State)
 			if st.LoginURL != "" {
 				reason += " (sign in at " + st.LoginURL + ")"
 			}
