@@ -41,6 +41,7 @@ type Runtime struct {
 
 	fingerprints map[string]string // entry name -> fingerprint of its settings
 	transports   *transports
+	stores       *stores
 }
 
 // Build turns a loaded Config into a route table, transports and token
@@ -66,6 +67,11 @@ func Build(cfg *Config, prev *Runtime, opts Options) (*Runtime, error) {
 		prevTr = prev.transports
 	}
 	rt.transports = newTransports(prevTr)
+	var prevSt *stores
+	if prev != nil {
+		prevSt = prev.stores
+	}
+	rt.stores = newStores(prevSt)
 	if rt.Handler == nil {
 		h, err := proxy.NewHandler(proxy.Options{Logger: log, Meter: opts.Meter})
 		if err != nil {
@@ -123,7 +129,7 @@ func (rt *Runtime) source(cfg *Config, name string, prev *Runtime, opts Options)
 			return src, nil
 		}
 	}
-	c, err := sourceConfig(cfg, name, rt.transports, opts)
+	c, err := sourceConfig(cfg, name, rt.transports, rt.stores, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -138,7 +144,7 @@ func NewSource(cfg *Config, name string, opts Options) (*tokencache.Source, erro
 		return nil, fmt.Errorf("oauth2 %q is not defined in %s", name, cfg.File)
 	}
 	cfg.AddSecrets(opts.Scrub)
-	c, err := sourceConfig(cfg, name, newTransports(nil), opts)
+	c, err := sourceConfig(cfg, name, newTransports(nil), newStores(nil), opts)
 	if err != nil {
 		return nil, err
 	}
@@ -146,7 +152,7 @@ func NewSource(cfg *Config, name string, opts Options) (*tokencache.Source, erro
 }
 
 // sourceConfig turns an oauth2 entry into a token source's configuration.
-func sourceConfig(cfg *Config, name string, trs *transports, opts Options) (tokencache.Config, error) {
+func sourceConfig(cfg *Config, name string, trs *transports, sts *stores, opts Options) (tokencache.Config, error) {
 	o := cfg.OAuth2[name]
 	grant, ok := grants[o.GrantType]
 	if !ok {
@@ -185,12 +191,21 @@ func sourceConfig(cfg *Config, name string, trs *transports, opts Options) (toke
 	if o.GrantType == tokencache.GrantAuthorizationCode {
 		loginURL = cfg.LoginURL(name)
 	}
+	var store tokencache.Store
+	if o.Store != "" {
+		st, err := sts.get(cfg, o)
+		if err != nil {
+			return tokencache.Config{}, err
+		}
+		store = st
+	}
 	return tokencache.Config{
 		Name:        name,
 		Client:      client,
 		TokenURL:    o.TokenURL.String(),
 		TokenMethod: string(o.TokenMethod),
 		LoginURL:    loginURL,
+		Store:       store,
 		Revocation:  tokencache.Revocation{URL: o.RevokeURL.String(), Method: string(o.RevokeMethod)},
 		Params:      o.tokenParams(),
 		Fields: tokencache.ResponseFields{
@@ -251,6 +266,11 @@ func (rt *Runtime) Retire(next *Runtime) {
 		keep = next.transports
 	}
 	rt.transports.retire(keep)
+	var keepSt *stores
+	if next != nil {
+		keepSt = next.stores
+	}
+	rt.stores.retire(keepSt)
 }
 
 // Close stops everything: renewals, idle connections.
@@ -264,6 +284,11 @@ func (rt *Runtime) closeNew(prev *Runtime) {
 			s.Close()
 		}
 	}
+	var prevSt *stores
+	if prev != nil {
+		prevSt = prev.stores
+	}
+	rt.stores.retire(prevSt)
 }
 
 // Fingerprint is the identity of an oauth2 entry's effective settings, secret

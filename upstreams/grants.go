@@ -42,7 +42,6 @@ func (o *OAuth2) grantValue(key string) string {
 	return ""
 }
 
-
 var grants = map[GrantType]grantSpec{
 	tokencache.GrantClientCredentials: {
 		build: func(*OAuth2) tokencache.Grant { return tokencache.ClientCredentials{} },

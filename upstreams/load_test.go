@@ -44,9 +44,17 @@ func TestExampleConfig(t *testing.T) {
 			t.Errorf("config.example.yaml does not show the key %q", key)
 		}
 	}
-	if _, err := Build(cfg, nil, Options{}); err != nil {
+	dir := t.TempDir()
+	for _, o := range cfg.OAuth2 {
+		if o.Store != "" { // /var/lib/oauthproxy is not on a test machine
+			o.Store = filepath.Join(dir, filepath.Base(o.Store))
+		}
+	}
+	rt, err := Build(cfg, nil, Options{})
+	if err != nil {
 		t.Fatalf("Build: %v", err)
 	}
+	rt.Close()
 }
 
 func TestDefaults(t *testing.T) {

@@ -5,6 +5,8 @@
 //	oauthproxy [run] -config FILE       serve
 //	oauthproxy check -config FILE       validate a config
 //	oauthproxy token NAME -config FILE  fetch a token now and describe it
+//	oauthproxy login NAME -config FILE  sign in once (authorization_code, device_code)
+//	oauthproxy revoke NAME -config FILE revoke the entry's tokens (RFC 7009)
 //	oauthproxy demo                     a built-in IdP, API and proxy, wired together
 //	oauthproxy version
 package main
@@ -31,6 +33,10 @@ Usage:
   oauthproxy check -config FILE        validate FILE: every problem as FILE:LINE:COL: message
   oauthproxy token NAME -config FILE   fetch a token for oauth2 entry NAME now; print its type,
                                        expiry, scopes and JWT claims (the token only with -show)
+  oauthproxy login NAME -config FILE   authorization_code / device_code: sign in once and store
+                                       the refresh token in the entry's store
+  oauthproxy revoke NAME -config FILE  revoke the entry's tokens at its revoke_url (RFC 7009): the
+                                       stored ones, or through the running proxy's admin listener
   oauthproxy demo                      start a built-in authorization server, an API that
                                        demands its tokens, and the proxy; print curl lines to try
   oauthproxy version                   print the version
@@ -56,6 +62,10 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 		return cmdCheck(args, stdout, stderr)
 	case "token":
 		return cmdToken(args, stdout, stderr)
+	case "login":
+		return cmdLogin(args, stdout, stderr)
+	case "revoke":
+		return cmdRevoke(args, stdout, stderr)
 	case "demo":
 		return cmdDemo(args, stdout, stderr)
 	case "version":
