@@ -169,7 +169,8 @@ func Parse(data []byte) (*File, error) {
 	}
 
 	f := &File{}
-	seen := map[string]int{} // key -> offset of its first occurrence
+	// Where each key's first occurrence, and its value, start.
+	seen, valueAt := map[string]int{}, map[string]int{}
 	var errs []error
 	dec := json.NewDecoder(bytes.NewReader(body))
 	if _, err := dec.Token(); err != nil { // '{'
@@ -182,10 +183,10 @@ func Parse(data []byte) (*File, error) {
 		if err != nil || !ok {
 			return nil, fail(keyAt, "", ErrMalformed, "malformed JSON")
 		}
-		valueAt := skip(body, int(dec.InputOffset()), " \t\r\n:")
+		vAt := skip(body, int(dec.InputOffset()), " \t\r\n:")
 		var v json.RawMessage
 		if err := dec.Decode(&v); err != nil {
-			return nil, fail(valueAt, "", ErrMalformed, "malformed JSON")
+			return nil, fail(vAt, "", ErrMalformed, "malformed JSON")
 		}
 		k := lookup(name)
 		if _, dup := seen[name]; dup {
@@ -197,7 +198,7 @@ func Parse(data []byte) (*File, error) {
 			}
 			continue
 		}
-		seen[name] = keyAt
+		seen[name], valueAt[name] = keyAt, vAt
 		if k == nil {
 			if f.Other == nil {
 				f.Other = map[string]json.RawMessage{}
@@ -206,24 +207,24 @@ func Parse(data []byte) (*File, error) {
 			continue
 		}
 		if v[0] != '"' {
-			errs = append(errs, fail(valueAt, name, ErrWrongType, "key %q (%s) must be a string, not %s", name, k.what, kind(v)))
+			errs = append(errs, fail(vAt, name, ErrWrongType, "key %q (%s) must be a string, not %s", name, k.what, kind(v)))
 			continue
 		}
 		if err := json.Unmarshal(v, k.field(f)); err != nil {
-			errs = append(errs, fail(valueAt, name, ErrMalformed, "key %q (%s) is not a valid JSON string", name, k.what))
+			errs = append(errs, fail(vAt, name, ErrMalformed, "key %q (%s) is not a valid JSON string", name, k.what))
 		}
 	}
 
-	// Checks of single keys and of pairs, in the file's order of keys where
-	// there is one.
+	// A problem with a value points at the value, one with a key at the key.
 	for i := range keys {
 		k := &keys[i]
 		v, pos := *k.field(f), -1
-		if p, ok := seen[k.name]; ok {
-			pos = p
+		_, present := seen[k.name]
+		if present {
+			pos = valueAt[k.name]
 		}
 		switch {
-		case pos < 0 && k.required:
+		case !present && k.required:
 			errs = append(errs, fail(-1, k.name, ErrMissingKey, "missing key %q (%s)", k.name, k.what))
 		case v == "" && k.required && !hasError(errs, k.name):
 			errs = append(errs, fail(pos, k.name, ErrMissingKey, "key %q (%s) is empty", k.name, k.what))
@@ -321,29 +322,29 @@ func syntaxError(err error, n int, fail func(int, string, error, string, ...any)
 	return fail(idx, "", ErrMalformed, "malformed JSON")
 }
 
-// describe says in words what encoding/json's message says, leaving out
-// the character it quotes.
+// syntaxReasons says in words what encoding/json's messages (matched by
+// the first part they contain) say, leaving out the character they quote.
+var syntaxReasons = [...]struct{ part, why string }{
+	{"unexpected end of JSON input", "the file ends before the JSON does"},
+	{"after top-level value", "more after the closing brace"},
+	{"looking for beginning of object key string", "expected a key in double quotes"},
+	{"after object key:value pair", "expected a comma or a closing brace after a value"},
+	{"after object key", "expected a colon after a key"},
+	{"after array element", "expected a comma or a closing bracket after an array element"},
+	{"looking for beginning of value", "expected a value"},
+	{"in string literal", "a control character inside a string"},
+	{"in string escape code", "a bad escape sequence inside a string"},
+	{"in \\u hexadecimal character escape", "a bad \\u escape inside a string"},
+	{"in numeric literal", "a malformed number"},
+	{"in literal ", "a misspelt true, false or null"},
+	{"exceeded max depth", "nested too deeply"},
+}
+
 func describe(msg string) string {
-	for _, d := range [...]struct{ suffix, why string }{
-		{"unexpected end of JSON input", "the file ends before the JSON does"},
-		{"after top-level value", "more after the closing brace"},
-		{"looking for beginning of object key string", "expected a key in double quotes"},
-		{"after object key", "expected a colon after a key"},
-		{"after object key:value pair", "expected a comma or a closing brace after a value"},
-		{"after array element", "expected a comma or a closing bracket after an array element"},
-		{"looking for beginning of value", "expected a value"},
-		{"in string literal", "a control character inside a string"},
-		{"in string escape code", "a bad escape sequence inside a string"},
-		{"in \\u hexadecimal character escape", "a bad \\u escape inside a string"},
-		{"in numeric literal", "a malformed number"},
-		{"exceeded max depth", "nested too deeply"},
-	} {
-		if strings.HasSuffix(msg, d.suffix) {
-			return d.why
+	for _, r := range syntaxReasons {
+		if strings.Contains(msg, r.part) {
+			return r.why
 		}
-	}
-	if strings.Contains(msg, "in literal ") {
-		return "a misspelt true, false or null"
 	}
 	return ""
 }
@@ -356,6 +357,8 @@ func checkBase(s string) string {
 	}
 	u, err := url.Parse(s)
 	switch {
+	case !strings.Contains(s, "://"):
+		return "is not an absolute http or https URL"
 	case err != nil, u.Opaque != "":
 		return "is not a URL"
 	case u.Scheme != "http" && u.Scheme != "https":
@@ -450,4 +453,12 @@ func (f *File) LogValue() slog.Value {
 		slog.String("iu", f.IONBaseURL),
 		slog.Any("keys", f.Keys()),
 	)
+}
+
+// MarshalJSON implements json.Marshaler with what LogValue shows, so that
+// a File put in a JSON document by mistake holds no secret.
+func (f *File) MarshalJSON() ([]byte, error) {
+	return json.Marshal(map[string]any{
+		"pu": f.AuthServerURL, "token_url": f.TokenURL(), "iu": f.IONBaseURL, "keys": f.Keys(),
+	})
 }
