@@ -171,7 +171,7 @@ func Parse(data []byte) (*File, error) {
 	f := &File{}
 	// Where each key's first occurrence, and its value, start.
 	seen, valueAt := map[string]int{}, map[string]int{}
-	var errs []error
+	var errs []*Error
 	dec := json.NewDecoder(bytes.NewReader(body))
 	if _, err := dec.Token(); err != nil { // '{'
 		return nil, fail(0, "", ErrMalformed, "malformed JSON")
@@ -215,7 +215,7 @@ func Parse(data []byte) (*File, error) {
 		}
 	}
 
-	// A problem with a value points at the value, one with a key at the key.
+	// The checks of values; a problem with a value points at the value.
 	for i := range keys {
 		k := &keys[i]
 		v, pos := *k.field(f), -1
@@ -253,10 +253,12 @@ func Parse(data []byte) (*File, error) {
 	case 1:
 		return nil, errs[0]
 	}
-	slices.SortStableFunc(errs, func(a, b error) int {
-		return cmpOffset(a.(*Error).Offset, b.(*Error).Offset)
-	})
-	return nil, errors.Join(errs...)
+	slices.SortStableFunc(errs, func(a, b *Error) int { return cmpOffset(a.Offset, b.Offset) })
+	joined := make([]error, len(errs))
+	for i, e := range errs {
+		joined[i] = e
+	}
+	return nil, errors.Join(joined...)
 }
 
 // cmpOffset orders errors by place, those with none (-1) last.
@@ -274,8 +276,8 @@ func cmpOffset(a, b int64) int {
 	return 1
 }
 
-func hasError(errs []error, name string) bool {
-	return slices.ContainsFunc(errs, func(err error) bool { return err.(*Error).Key == name })
+func hasError(errs []*Error, name string) bool {
+	return slices.ContainsFunc(errs, func(e *Error) bool { return e.Key == name })
 }
 
 func skip(b []byte, i int, set string) int {
