@@ -330,6 +330,9 @@ func (c *Config) AddSecrets(sc *tokencache.Scrubber) {
 			continue
 		}
 		sc.AddClient(o.ClientID, o.ClientSecret.Secret)
+		if o.IonAPIFile != "" { // every value of an .ionapi file is a secret
+			sc.Add(tokencache.Secret(o.ClientID), tokencache.Secret(o.Username))
+		}
 		sc.Add(o.Password.Secret, o.RefreshToken.Secret, o.ProxyURL.password())
 		for _, v := range o.Params {
 			sc.Add(v.Secret)

@@ -85,6 +85,10 @@ type Server struct {
 // OAuth2 is one named OAuth2 configuration: how to get tokens and how to
 // present them.
 type OAuth2 struct {
+	// IonAPIFile is an Infor .ionapi credentials file: it fills token_url,
+	// auth_url, revoke_url, client_id, client_secret, and for a service
+	// account username and password (and grant_type password).
+	IonAPIFile   string           `yaml:"ionapi_file"`
 	GrantType    GrantType        `yaml:"grant_type"` // default client_credentials
 	TokenURL     URL              `yaml:"token_url"`
 	ClientID     string           `yaml:"client_id"`

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"path/filepath"
 	"reflect"
 	"regexp"
@@ -49,6 +50,11 @@ func Parse(file string, data []byte, res Resolver) (*Config, error) {
 		d.value(root, reflect.ValueOf(cfg).Elem(), "")
 	}
 	cfg.res = d.res
+	for _, name := range slices.Sorted(maps.Keys(cfg.OAuth2)) {
+		if o := cfg.OAuth2[name]; o != nil {
+			d.ionapi(name, o)
+		}
+	}
 	cfg.applyDefaults()
 	(&validator{decoder: d, cfg: cfg}).run()
 	if len(d.problems) > 0 {
@@ -79,6 +85,7 @@ type decoder struct {
 	expanded  int
 	over      bool            // maxExpanded was passed: decoding stopped
 	failed    map[[2]int]bool // line, col of every problem
+	noMissing map[string]bool // entries whose missing keys are another problem's
 }
 
 func (d *decoder) add(n *yaml.Node, path, format string, args ...any) {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -331,6 +332,52 @@ func TestFileReferenceLimits(t *testing.T) {
 			}
 		case <-time.After(10 * time.Second):
 			t.Fatalf("${file:%s} blocked", tc.path)
+		}
+	}
+}
+
+func TestIonAPIFile(t *testing.T) {
+	cfg, err := Load("testdata/check/ionapi/ok.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := cfg.OAuth2["m3"]
+	checks := []struct{ name, got, want string }{
+		{"grant_type", string(o.GrantType), "password"},
+		{"token_url", o.TokenURL.String(), "https://mingle-sso.inforcloudsuite.com:443/ACME_TST/as/token.oauth2"},
+		{"auth_url", o.AuthURL.String(), "https://mingle-sso.inforcloudsuite.com:443/ACME_TST/as/authorization.oauth2"},
+		{"revoke_url", o.RevokeURL.String(), "https://mingle-sso.inforcloudsuite.com:443/ACME_TST/as/revoke_token.oauth2"},
+		{"client_id", o.ClientID, "ACME_TST~canary-client-id"},
+		{"client_secret", o.ClientSecret.Reveal(), "canary-client-secret"},
+		{"username", o.Username, "ACME_TST#canary-access-key"},
+		{"password", o.Password.Reveal(), "canary-secret-key"},
+		{"client_auth", string(o.ClientAuth), "client_secret_post"},
+	}
+	for _, c := range checks {
+		if c.got != c.want {
+			t.Errorf("%s = %q, want %q", c.name, c.got, c.want)
+		}
+	}
+	if !slices.Contains(cfg.Files, filepath.Join("testdata/check/ionapi", "service.ionapi")) {
+		t.Errorf("Files = %v: the .ionapi file is not watched", cfg.Files)
+	}
+	var warned bool
+	for _, w := range cfg.Warnings {
+		if strings.Contains(w.Msg, "client_id: set here, so it overrides the file's ci") {
+			warned = true
+		}
+		if strings.Contains(w.Msg, "canary") {
+			t.Errorf("a warning shows a value of the file: %s", w.Msg)
+		}
+	}
+	if !warned {
+		t.Errorf("no warning that client_id overrides the file's ci: %v", cfg.Warnings)
+	}
+	sc := tokencache.NewScrubber()
+	cfg.AddSecrets(sc)
+	for _, v := range []string{"canary-client-secret", "canary-secret-key", "ACME_TST#canary-access-key"} {
+		if out := sc.Scrub("x " + v + " y"); strings.Contains(out, v) {
+			t.Errorf("the scrubber does not know %s", v)
 		}
 	}
 }

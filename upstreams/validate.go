@@ -69,7 +69,7 @@ func (v *validator) run() {
 // but did not decode has its own problem already; one present but empty
 // (an empty ${VAR}) is called empty.
 func (v *validator) missing(ps Positions, path, key, val, why string) {
-	if val != "" {
+	if val != "" || v.noMissing[path] {
 		return
 	}
 	if p, ok := ps[key]; ok {
