@@ -115,9 +115,11 @@ func Open(path string, key []byte) (*Store, error) {
 	path = filepath.Clean(path)
 	if fi, err := os.Lstat(path); err == nil && fi.Mode()&fs.ModeSymlink != 0 {
 		// Renaming over a link would replace the link, not the file.
-		if path, err = filepath.EvalSymlinks(path); err != nil {
+		target, err := filepath.EvalSymlinks(path)
+		if err != nil {
 			return nil, fmt.Errorf("token store %s: %w", path, err)
 		}
+		path = target
 	}
 	dir := filepath.Dir(path)
 	switch fi, err := os.Stat(dir); {
