@@ -28,9 +28,9 @@
 // exclusive flock on PATH.lock, a side file that is never removed, and
 // re-read the store under it, so a compare-and-swap by one process sees
 // every write of the others. Readers take no lock: a rename is atomic, so
-// they see a whole file. An existing file is never replaced by one holding
-// less than it did: a file that is damaged or sealed with another key is
-// reported, not overwritten.
+// they see a whole file. A file that is damaged or sealed with another key
+// is reported and never overwritten: starting an empty store over it would
+// lose every entry's sign-in.
 package filestore
 
 import (
@@ -115,9 +115,11 @@ func Open(path string, key []byte) (*Store, error) {
 	path = filepath.Clean(path)
 	if fi, err := os.Lstat(path); err == nil && fi.Mode()&fs.ModeSymlink != 0 {
 		// Renaming over a link would replace the link, not the file.
-		if path, err = filepath.EvalSymlinks(path); err != nil {
+		target, err := filepath.EvalSymlinks(path)
+		if err != nil {
 			return nil, fmt.Errorf("token store %s: %w", path, err)
 		}
+		path = target
 	}
 	dir := filepath.Dir(path)
 	switch fi, err := os.Stat(dir); {

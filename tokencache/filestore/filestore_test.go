@@ -699,3 +699,37 @@ func increment(ctx context.Context, s *Store, key string) error {
 		return err
 	}
 }
+
+// TestWriteKeepsTheOwner: `sudo oauthproxy login` must not leave the
+// proxy's user unable to read its store or take its lock.
+func TestWriteKeepsTheOwner(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to give files to another user")
+	}
+	const uid, gid = 4321, 4322
+	dir := t.TempDir()
+	path := filepath.Join(dir, "tokens.db")
+	s := open(t, path, testKey)
+	s.Close()
+	if err := os.Remove(path + ".lock"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(path, uid, gid); err != nil {
+		t.Fatal(err)
+	}
+	s = open(t, path, testKey)
+	cas(t, s, "a", 0, tokencache.Record{RefreshToken: "ra"})
+	for _, name := range []string{path, path + ".lock"} {
+		fi, err := os.Stat(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := fi.Sys().(*syscall.Stat_t)
+		if st.Uid != uid || st.Gid != gid {
+			t.Errorf("%s owned by %d:%d, want %d:%d", filepath.Base(name), st.Uid, st.Gid, uid, gid)
+		}
+		if m := fi.Mode().Perm(); m != 0o600 {
+			t.Errorf("%s has mode %04o, want 0600", filepath.Base(name), m)
+		}
+	}
+}
