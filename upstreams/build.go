@@ -71,7 +71,7 @@ func Build(cfg *Config, prev *Runtime, opts Options) (*Runtime, error) {
 	if prev != nil {
 		prevSt = prev.stores
 	}
-	rt.stores = newStores(prevSt)
+	rt.stores = newStores(prevSt, log)
 	if rt.Handler == nil {
 		h, err := proxy.NewHandler(proxy.Options{Logger: log, Meter: opts.Meter})
 		if err != nil {
@@ -144,7 +144,7 @@ func NewSource(cfg *Config, name string, opts Options) (*tokencache.Source, erro
 		return nil, fmt.Errorf("oauth2 %q is not defined in %s", name, cfg.File)
 	}
 	cfg.AddSecrets(opts.Scrub)
-	c, err := sourceConfig(cfg, name, newTransports(nil), newStores(nil), opts)
+	c, err := sourceConfig(cfg, name, newTransports(nil), newStores(nil, opts.Logger), opts)
 	if err != nil {
 		return nil, err
 	}

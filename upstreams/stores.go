@@ -3,6 +3,7 @@ package upstreams
 import (
 	"crypto/sha256"
 	"fmt"
+	"log/slog"
 	"path/filepath"
 
 	"github.com/oauthproxy/oauthproxy/tokencache/filestore"
@@ -14,6 +15,7 @@ import (
 type stores struct {
 	open map[storeID]*filestore.Store
 	prev *stores
+	log  *slog.Logger
 }
 
 type storeID struct {
@@ -21,8 +23,11 @@ type storeID struct {
 	key  [32]byte // SHA-256 of the key: the same file with another key is another store
 }
 
-func newStores(prev *stores) *stores {
-	return &stores{open: map[storeID]*filestore.Store{}, prev: prev}
+func newStores(prev *stores, log *slog.Logger) *stores {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &stores{open: map[storeID]*filestore.Store{}, prev: prev, log: log}
 }
 
 // storePath is o's store file: a relative path is relative to the
@@ -38,7 +43,7 @@ func (c *Config) storePath(o *OAuth2) string {
 func (s *stores) get(cfg *Config, o *OAuth2) (*filestore.Store, error) {
 	key, err := ParseStoreKey(o.StoreKey.Reveal())
 	if err != nil {
-		return nil, fmt.Errorf("oauth2 %q: store_key %w", o.Name, err)
+		return nil, fmt.Errorf("oauth2 %q: store_key: %w", o.Name, err)
 	}
 	id := storeID{path: cfg.storePath(o), key: sha256.Sum256(key)}
 	if st, ok := s.open[id]; ok {
@@ -53,6 +58,9 @@ func (s *stores) get(cfg *Config, o *OAuth2) (*filestore.Store, error) {
 	st, err := filestore.Open(id.path, key)
 	if err != nil {
 		return nil, fmt.Errorf("oauth2 %q: %w", o.Name, err)
+	}
+	for _, w := range st.Warnings() {
+		s.log.Warn("token store: "+w, "oauth2", o.Name)
 	}
 	s.open[id] = st
 	return st, nil
