@@ -75,7 +75,15 @@ type Server struct {
 	IdleTimeout       time.Duration `yaml:"idle_timeout"`        // default 120s
 	MaxHeaderBytes    Size          `yaml:"max_header_bytes"`    // default 64KiB
 	MaxConnections    int           `yaml:"max_connections"`     // default 1024
-	ShutdownGrace     time.Duration `yaml:"shutdown_grace"`      // default 30s
+	// ShutdownDelay is how long the proxy keeps accepting after SIGTERM
+	// with /readyz already 503, so that a load balancer (a Kubernetes
+	// endpoint) stops sending first (default 0).
+	ShutdownDelay time.Duration `yaml:"shutdown_delay"`
+	// ShutdownTimeout is how long in-flight requests get to finish once
+	// the listener stops accepting (default 30s); streams and WebSockets
+	// still open then are closed. ShutdownGrace is its older name.
+	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+	ShutdownGrace   time.Duration `yaml:"shutdown_grace"`
 	// BodyIdleTimeout cuts a request whose body stops arriving for this
 	// long (default 60s); a slow body that keeps moving is never cut.
 	BodyIdleTimeout time.Duration `yaml:"body_idle_timeout"`
@@ -205,7 +213,7 @@ const (
 	DefaultIdleTimeout       = 120 * time.Second
 	DefaultMaxHeaderBytes    = 64 << 10
 	DefaultMaxConnections    = 1024
-	DefaultShutdownGrace     = 30 * time.Second
+	DefaultShutdownTimeout   = 30 * time.Second
 	DefaultBodyIdleTimeout   = 60 * time.Second
 	DefaultRetryBodyLimit    = 1 << 20
 	DefaultMaxBody           = 10 << 20
@@ -236,7 +244,8 @@ func (c *Config) applyDefaults() {
 	defEnum(&c.Log.Format, "json", c.Log.Pos, "format")
 	defDur(&c.Server.ReadHeaderTimeout, DefaultReadHeaderTimeout)
 	defDur(&c.Server.IdleTimeout, DefaultIdleTimeout)
-	defDur(&c.Server.ShutdownGrace, DefaultShutdownGrace)
+	defDur(&c.Server.ShutdownTimeout, c.Server.ShutdownGrace) // the old name
+	defDur(&c.Server.ShutdownTimeout, DefaultShutdownTimeout)
 	defDur(&c.Server.BodyIdleTimeout, DefaultBodyIdleTimeout)
 	if c.Server.MaxHeaderBytes == 0 {
 		c.Server.MaxHeaderBytes = DefaultMaxHeaderBytes

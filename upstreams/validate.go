@@ -164,6 +164,12 @@ func isLoopbackHost(host string) bool {
 }
 
 func (v *validator) server() {
+	sp := v.cfg.Server.Pos
+	if _, old := sp["shutdown_grace"]; old {
+		if _, set := sp["shutdown_timeout"]; set {
+			v.addAt(sp["shutdown_grace"], "server.shutdown_grace", "is the old name of shutdown_timeout: set one of them")
+		}
+	}
 	s := &v.cfg.Server
 	if s.MaxConnections < 0 {
 		v.addAt(at(s.Pos, "max_connections"), "server.max_connections", "must not be negative")

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"crypto/rand"
 	_ "embed"
 	"encoding/hex"
@@ -9,8 +8,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"github.com/oauthproxy/oauthproxy/cmd/oauthproxy/internal/demo"
@@ -68,9 +65,9 @@ func cmdDemo(args []string, stdout, stderr io.Writer) int {
 	scrub := tokencache.NewScrubber()
 	cfg.AddSecrets(scrub)
 	log := newLogger(stderr, cfg.Log, scrub)
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	ctx, stop := stopOnSignal(log)
 	defer stop()
-	err = serve(ctx, cfg, log, scrub, func(proxy, admin net.Addr) {
+	err = serve(ctx, cfg, log, scrub, serveOptions{listening: func(proxy, admin net.Addr) {
 		p, a := "http://"+proxy.String(), "http://"+admin.String()
 		fmt.Fprintf(stdout, `
 oauthproxy demo: an authorization server, an API that demands its tokens,
@@ -92,7 +89,7 @@ Try:
 Ctrl-C stops it.
 
 `, idpURL, *ttl, apiURL, p, a, p, apiURL, a, a, p)
-	})
+	}})
 	if err != nil {
 		log.Error("oauthproxy demo failed", "error", err)
 		return 1

@@ -13,8 +13,20 @@ import (
 // (the config's, in every encoding the proxy sends them in, and the tokens
 // held) is removed from every logged value.
 func newLogger(w io.Writer, cfg upstreams.Log, scrub *tokencache.Scrubber) *slog.Logger {
+	lv := new(slog.LevelVar)
+	lv.Set(logLevel(cfg))
+	return newLeveledLogger(w, cfg, scrub, lv)
+}
+
+// logLevel is cfg's level (one of debug, info, warn, error: validated).
+func logLevel(cfg upstreams.Log) slog.Level {
 	var lv slog.Level
-	lv.UnmarshalText([]byte(cfg.Level)) // one of debug, info, warn, error: validated
+	lv.UnmarshalText([]byte(cfg.Level))
+	return lv
+}
+
+// newLeveledLogger is newLogger with a level that a reload can change.
+func newLeveledLogger(w io.Writer, cfg upstreams.Log, scrub *tokencache.Scrubber, lv *slog.LevelVar) *slog.Logger {
 	opts := &slog.HandlerOptions{
 		Level: lv,
 		ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {

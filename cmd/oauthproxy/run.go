@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -26,26 +27,60 @@ func cmdRun(args []string, stderr io.Writer) int {
 	}
 	scrub := tokencache.NewScrubber()
 	cfg.AddSecrets(scrub)
-	log := newLogger(stderr, cfg.Log, scrub)
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	level := new(slog.LevelVar)
+	level.Set(logLevel(cfg.Log))
+	log := newLeveledLogger(stderr, cfg.Log, scrub, level)
+	ctx, stop := stopOnSignal(log)
 	defer stop()
-	if err := serve(ctx, cfg, log, scrub, nil); err != nil {
+	if err := serve(ctx, cfg, log, scrub, serveOptions{level: level, reload: true}); err != nil {
 		log.Error("oauthproxy failed", "error", err)
 		return 1
 	}
 	return 0
 }
 
+// stopOnSignal returns a context that ends at the first SIGTERM or
+// SIGINT; a second one exits at once with code 1, for an operator who
+// does not want to wait for the drain.
+func stopOnSignal(log *slog.Logger) (context.Context, func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	sig := make(chan os.Signal, 2)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		s := <-sig
+		log.Info("signal: shutting down; a second signal exits at once", "signal", s.String())
+		cancel()
+		s = <-sig
+		log.Warn("second signal: exiting now", "signal", s.String())
+		os.Exit(1)
+	}()
+	return ctx, func() { signal.Stop(sig); cancel() }
+}
+
+// serveOptions are what differs between `run` and `demo`.
+type serveOptions struct {
+	// listening, if set, is told the addresses once both listen.
+	listening func(proxy, admin net.Addr)
+	// level is the log level, which a reload sets; nil: fixed.
+	level *slog.LevelVar
+	// reload enables SIGHUP and the file watcher (a config from a file).
+	reload bool
+}
+
 // app is what a running oauthproxy holds: the runtime in service, and the
 // long-lived pieces runtimes are built for.
 type app struct {
-	log     *slog.Logger
-	scrub   *tokencache.Scrubber
-	tel     *telemetry
-	tokens  *tokencache.Metrics
-	handler *proxy.Handler
-	rt      atomic.Pointer[upstreams.Runtime]
-	serving atomic.Bool
+	log      *slog.Logger
+	level    *slog.LevelVar
+	scrub    *tokencache.Scrubber
+	tel      *telemetry
+	tokens   *tokencache.Metrics
+	reloads  *reloadMetrics
+	handler  *proxy.Handler
+	rt       atomic.Pointer[upstreams.Runtime]
+	serving  atomic.Bool
+	reloadMu sync.Mutex // one reload at a time
+	closed   bool       // under reloadMu: shut down, no more reloads
 }
 
 // runtime returns the runtime in service.
@@ -59,20 +94,28 @@ func (a *app) build(cfg *upstreams.Config, prev *upstreams.Runtime) (*upstreams.
 }
 
 // serve runs the proxy and admin listeners for cfg until ctx ends, then
-// shuts down gracefully: /readyz turns 503, the listener stops accepting,
-// and requests in flight get the shutdown grace period to finish.
-// listening, if set, is told the addresses once both listen.
-func serve(ctx context.Context, cfg *upstreams.Config, log *slog.Logger, scrub *tokencache.Scrubber, listening func(proxy, admin net.Addr)) error {
+// shuts down gracefully: /readyz turns 503 at once; after
+// server.shutdown_delay the listener stops accepting; requests in flight
+// get server.shutdown_timeout to finish, and what is still open then
+// (streams, WebSockets) is closed.
+func serve(ctx context.Context, cfg *upstreams.Config, log *slog.Logger, scrub *tokencache.Scrubber, opts serveOptions) error {
 	for _, w := range cfg.Warnings {
 		log.Warn("config: "+w.Msg, "file", w.File, "line", w.Line)
 	}
-	a := &app{log: log, scrub: scrub}
+	if opts.level == nil {
+		opts.level = new(slog.LevelVar)
+		opts.level.Set(logLevel(cfg.Log))
+	}
+	a := &app{log: log, level: opts.level, scrub: scrub}
 	var err error
 	if a.tel, err = newTelemetry(metricLimit(cfg)); err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
 	defer a.tel.shutdown()
 	if a.tokens, err = tokencache.NewMetrics(a.tel.meter); err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
+	if a.reloads, err = newReloadMetrics(a.tel.meter); err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
 	if a.handler, err = proxy.NewHandler(proxy.Options{Logger: log, Meter: a.tel.meter, BodyIdleTimeout: cfg.Server.BodyIdleTimeout}); err != nil {
@@ -84,7 +127,12 @@ func serve(ctx context.Context, cfg *upstreams.Config, log *slog.Logger, scrub *
 	}
 	a.rt.Store(rt)
 	a.handler.Swap(rt.Table)
-	defer func() { a.runtime().Close() }()
+	defer func() {
+		a.reloadMu.Lock() // no reload builds after this
+		a.closed = true
+		a.runtime().Close()
+		a.reloadMu.Unlock()
+	}()
 
 	errLog := slog.NewLogLogger(log.Handler(), slog.LevelDebug)
 	proxySrv, err := server.Listen(server.Config{
@@ -124,13 +172,18 @@ func serve(ctx context.Context, cfg *upstreams.Config, log *slog.Logger, scrub *
 	}
 	log.Info("oauthproxy serving", "version", versionString(), "config", cfg.File,
 		"listen", proxySrv.Addr().String(), "admin", adminSrv.Addr().String(), "routes", len(cfg.Routes))
-	if listening != nil {
-		listening(proxySrv.Addr(), adminSrv.Addr())
+	if opts.listening != nil {
+		opts.listening(proxySrv.Addr(), adminSrv.Addr())
 	}
 
 	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
+	if opts.reload {
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+		wctx, wcancel := context.WithCancel(ctx)
+		defer wcancel()
+		go a.watch(wctx, func(why string) { a.reload(why) })
+	}
 	var serveErr error
 wait:
 	for {
@@ -138,18 +191,21 @@ wait:
 		case <-ctx.Done():
 			break wait
 		case <-hup:
-			log.Warn("SIGHUP: this version does not reload its config; restart it to apply changes")
+			go a.reload("SIGHUP") // a slow store or file must not hold up signals
 		case serveErr = <-errc:
 			break wait
 		}
 	}
 
-	log.Info("shutting down", "grace", cfg.Server.ShutdownGrace.String())
-	a.serving.Store(false)
-	sctx, cancel := context.WithTimeout(context.Background(), cfg.Server.ShutdownGrace)
+	log.Info("shutting down", "delay", cfg.Server.ShutdownDelay.String(), "timeout", cfg.Server.ShutdownTimeout.String())
+	a.serving.Store(false) // /readyz: 503 from now on
+	if d := cfg.Server.ShutdownDelay; d > 0 && serveErr == nil {
+		time.Sleep(d) // still accepting: the load balancer is told by /readyz first
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.Server.ShutdownTimeout)
 	defer cancel()
 	if err := proxySrv.Shutdown(sctx); err != nil {
-		log.Warn("shutdown grace period over: closed the connections left", "error", err)
+		log.Warn("shutdown timeout over: closed the connections left", "error", err)
 	}
 	actx, acancel := context.WithTimeout(context.Background(), time.Second)
 	defer acancel()
