@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"net"
-	"strings"
 	"sync"
 	"time"
 
@@ -12,21 +11,24 @@ import (
 )
 
 // Changes implements tokencache.SharedStore. All of a Store's
-// subscriptions share one pub/sub connection, opened on the first call,
-// subscribed to every entry's channel under the prefix (PSUBSCRIBE), and
-// kept until Close. Deliveries never block: each channel holds one value,
-// and further changes merge into it.
+// subscriptions share one pub/sub connection, opened on the first call and
+// kept until Close; the first subscriber of an entry SUBSCRIBEs to its
+// channel (plain channels, not a pattern, so that an ACL's &PREFIX* allows
+// them). Deliveries never block: each channel holds one value, and further
+// changes merge into it. Subscribe before Load: when Redis confirms a new
+// subscription its subscribers get a value, so a change between the
+// Changes call and the subscription taking effect is not missed.
 //
-// When that connection is lost (Redis dies, restarts or stops answering
-// pings for two CallTimeouts) every channel handed out is closed: the
-// caller polls with Load from then on, and may call Changes again. A
-// channel obtained while the connection is down is closed at the next
-// failed attempt, or receives a value once it is up again, since changes
-// made meanwhile went unannounced. Subscribe before Load, so that a change
-// between the two is not missed.
+// When the connection is lost (Redis dies, restarts or does not answer a
+// ping within CallTimeout) every channel handed out is closed: the caller
+// polls with Load from then on, and may call Changes again. A channel
+// obtained while the connection is down is closed at the next failed
+// attempt, or gets a value once the connection is back, since changes made
+// meanwhile went unannounced.
 //
-// A key not from EntryKey, a Store with ErrKeyMismatch and a closed Store
-// give a closed channel.
+// Changes may block for up to CallTimeout to send SUBSCRIBE. A key not
+// from EntryKey, a Store with ErrKeyMismatch and a closed Store give a
+// closed channel.
 func (s *Store) Changes(key string) (<-chan struct{}, func()) {
 	if !validEntryKey(key) || s.mismatch.Load() {
 		return closedChan(), func() {}
@@ -42,59 +44,63 @@ func closedChan() <-chan struct{} {
 
 // hub fans a Store's pub/sub messages out to its subscribers.
 type hub struct {
-	s       *Store
-	pattern string
-	ctx     context.Context
-	cancel  context.CancelFunc
-	done    chan struct{}
+	s      *Store
+	ctx    context.Context
+	cancel context.CancelFunc
+	done   chan struct{}
 
 	mu      sync.Mutex
 	subs    map[string]map[chan struct{}]struct{} // by channel
 	started bool
 	closed  bool
-	up      bool          // the subscription is confirmed
-	ps      *redis.PubSub // the current connection, for close
+	up      bool          // the connection answered
+	ps      *redis.PubSub // the current connection
+	// subscribed are the channels SUBSCRIBEd on ps. A channel whose last
+	// subscriber stops stays subscribed until the connection is renewed:
+	// an UNSUBSCRIBE racing a new subscriber's SUBSCRIBE could leave the
+	// latter deaf, and a few idle channels cost nothing.
+	subscribed map[string]bool
 }
 
 func newHub(s *Store) *hub {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &hub{
-		s:       s,
-		pattern: globEscape(s.prefix) + "{*}:chg",
-		ctx:     ctx,
-		cancel:  cancel,
-		done:    make(chan struct{}),
-		subs:    map[string]map[chan struct{}]struct{}{},
+		s:      s,
+		ctx:    ctx,
+		cancel: cancel,
+		done:   make(chan struct{}),
+		subs:   map[string]map[chan struct{}]struct{}{},
 	}
-}
-
-// globEscape makes a prefix match itself only in a PSUBSCRIBE pattern.
-func globEscape(s string) string {
-	var b strings.Builder
-	for _, c := range s {
-		if strings.ContainsRune(`*?[]\`, c) {
-			b.WriteByte('\\')
-		}
-		b.WriteRune(c)
-	}
-	return b.String()
 }
 
 func (h *hub) subscribe(channel string) (<-chan struct{}, func()) {
+	c := make(chan struct{}, 1)
 	h.mu.Lock()
-	defer h.mu.Unlock()
 	if h.closed {
+		h.mu.Unlock()
 		return closedChan(), func() {}
 	}
 	if !h.started {
 		h.started = true
 		go h.run()
 	}
-	c := make(chan struct{}, 1)
 	if h.subs[channel] == nil {
 		h.subs[channel] = map[chan struct{}]struct{}{}
 	}
 	h.subs[channel][c] = struct{}{}
+	ps := h.ps
+	send := ps != nil && !h.subscribed[channel]
+	if send {
+		h.subscribed[channel] = true
+	}
+	h.mu.Unlock()
+	if send {
+		// A failed write breaks the connection; the session notices and
+		// closes c with the others.
+		ctx, cancel := context.WithTimeout(h.ctx, h.s.timeout)
+		ps.Subscribe(ctx, channel)
+		cancel()
+	}
 	stop := func() {
 		h.mu.Lock()
 		defer h.mu.Unlock()
@@ -174,7 +180,7 @@ func (h *hub) run() {
 		}
 		if wasUp {
 			backoff = minBackoff
-			h.s.log.Warn("redis change notifications lost; replicas poll the cache until they are back", "error", err)
+			h.s.log.Warn("redis change notifications lost; waiting replicas poll the cache until they are back", "error", err)
 		}
 		select {
 		case <-h.ctx.Done():
@@ -185,12 +191,11 @@ func (h *hub) run() {
 	}
 }
 
-var errUnexpected = errors.New("unexpected pub/sub reply")
-
-// session subscribes on a new connection and delivers messages until the
-// connection fails or stops answering.
+// session opens a connection, subscribes to the channels that have
+// subscribers, and delivers messages until the connection fails or stops
+// answering.
 func (h *hub) session() error {
-	ps := h.s.client.PSubscribe(h.ctx) // no pattern yet: no I/O
+	ps := h.s.client.Subscribe(h.ctx) // no channels: no I/O yet
 	h.mu.Lock()
 	if h.closed {
 		h.mu.Unlock()
@@ -198,6 +203,12 @@ func (h *hub) session() error {
 		return context.Canceled
 	}
 	h.ps = ps
+	h.subscribed = map[string]bool{}
+	channels := make([]string, 0, len(h.subs))
+	for ch := range h.subs {
+		channels = append(channels, ch)
+		h.subscribed[ch] = true
+	}
 	h.mu.Unlock()
 	defer func() {
 		h.mu.Lock()
@@ -208,23 +219,27 @@ func (h *hub) session() error {
 
 	timeout := h.s.timeout
 	ctx, cancel := context.WithTimeout(h.ctx, timeout)
-	err := ps.PSubscribe(ctx, h.pattern)
+	var err error
+	if len(channels) > 0 {
+		err = ps.Subscribe(ctx, channels...)
+	} else {
+		err = ps.Ping(ctx)
+	}
 	cancel()
 	if err != nil {
 		return err
 	}
-	msg, err := ps.ReceiveTimeout(h.ctx, timeout)
-	if err != nil {
+	if _, err := ps.ReceiveTimeout(h.ctx, timeout); err != nil {
 		return err
 	}
-	if m, ok := msg.(*redis.Subscription); !ok || m.Kind != "psubscribe" {
-		return errUnexpected
-	}
 	h.mu.Lock()
+	wasDown := !h.up
 	h.up = true
 	h.mu.Unlock()
-	// Whatever changed while there was no connection went unannounced.
-	h.notify("", true)
+	if wasDown {
+		// Whatever changed while there was no connection went unannounced.
+		h.notify("", true)
+	}
 
 	// Nothing heard for a timeout: ping. Nothing heard for another: the
 	// server is hung (a read deadline alone cannot tell it from quiet).
@@ -243,8 +258,15 @@ func (h *hub) session() error {
 			continue
 		}
 		pinged = false
-		if m, ok := msg.(*redis.Message); ok {
+		switch m := msg.(type) {
+		case *redis.Message:
 			h.notify(m.Channel, false)
+		case *redis.Subscription:
+			// A new subscription took effect: what changed before it
+			// went unannounced.
+			if m.Kind == "subscribe" {
+				h.notify(m.Channel, false)
+			}
 		}
 	}
 }

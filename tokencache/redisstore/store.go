@@ -56,7 +56,9 @@ type Options struct {
 	URL string
 	// Username and Password, when set, override the URL's.
 	Username, Password string
-	// Sentinel asks these Sentinels for the master's address.
+	// Sentinel asks these Sentinels for the master's address. They are
+	// asked without credentials (Username and Password are the master's)
+	// but with TLS when the master is.
 	Sentinel *Sentinel
 	// Cluster is a seed list of Redis Cluster nodes.
 	Cluster []string
@@ -66,7 +68,8 @@ type Options struct {
 	// Key is cache.key: 32 bytes. Every value is sealed with a key
 	// derived from it, and every key name is a keyed hash under another.
 	Key []byte
-	// Prefix starts every Redis key and channel. Default "oauthproxy:".
+	// Prefix starts every Redis key and channel; it may not hold { or }.
+	// Default "oauthproxy:".
 	Prefix string
 	// CallTimeout bounds every call to Redis, dialling included, whatever
 	// the caller's context says. Default 1s.
@@ -125,7 +128,6 @@ func New(opts Options) (*Store, error) {
 		return nil, fmt.Errorf("redis cache: %w", err)
 	}
 	s := &Store{
-		client:  redis.NewUniversalClient(uo),
 		keys:    k,
 		prefix:  opts.Prefix,
 		timeout: opts.CallTimeout,
@@ -134,6 +136,11 @@ func New(opts Options) (*Store, error) {
 	}
 	if s.prefix == "" {
 		s.prefix = DefaultPrefix
+	}
+	if strings.ContainsAny(s.prefix, "{}") {
+		// The first {...} of a key name is its Cluster hash tag: a brace
+		// in the prefix would scatter an entry's keys over slots.
+		return nil, fmt.Errorf("redis cache: prefix %q must not hold { or }", s.prefix)
 	}
 	if s.timeout <= 0 {
 		s.timeout = DefaultCallTimeout
@@ -144,6 +151,7 @@ func New(opts Options) (*Store, error) {
 	if s.observe == nil {
 		s.observe = func(string, string) {}
 	}
+	s.client = redis.NewUniversalClient(uo)
 	s.hub = newHub(s)
 	return s, nil
 }
