@@ -252,7 +252,10 @@ func (s *Store) Ping(ctx context.Context) error {
 	if err := s.client.Ping(ctx).Err(); err != nil {
 		return fmt.Errorf("redis cache: ping: %w", err)
 	}
-	return s.checkKey(ctx)
+	if err := s.checkKey(ctx); err != nil {
+		return fmt.Errorf("redis cache: ping: %w", err)
+	}
+	return nil
 }
 
 // EntryKey returns the key under which the Store keeps the entry whose
@@ -299,22 +302,23 @@ func (s *Store) checkKey(ctx context.Context) error {
 	name := s.keyCheckName()
 	v, err := keyCheckScript.Run(ctx, s.client, []string{name}, s.keys.seal(name, "", []byte(keyCheckPlain))).Text()
 	if err != nil {
-		return fmt.Errorf("redis cache: checking cache.key: %w", err)
+		return fmt.Errorf("checking cache.key against %s: %w", name, err)
 	}
 	if b, err := s.keys.open(name, "", []byte(v)); err != nil || string(b) != keyCheckPlain {
-		s.keyMismatch("the key-check record")
+		s.keyMismatch(name)
 		return ErrKeyMismatch
 	}
 	s.checked.Store(true)
 	return nil
 }
 
-// keyMismatch turns the Store read-only for good, and says so once.
-func (s *Store) keyMismatch(what string) {
+// keyMismatch turns the Store off for good, and says so once: name is the
+// Redis key whose value did not decrypt.
+func (s *Store) keyMismatch(name string) {
 	s.mismatch.Store(true)
 	s.warnOnce.Do(func() {
 		s.log.Error("cache.key differs from the one other replicas use: this process keeps tokens of its own and leaves the shared ones alone",
-			"redis_key", s.keyCheckName(), "found_by", what)
+			"redis_key", name)
 	})
 }
 
@@ -374,7 +378,7 @@ func (s *Store) load(ctx context.Context, key string) (tokencache.Record, error)
 	}
 	rec, err := s.keys.openRecord(name, gen, []byte(r), access)
 	if errors.Is(err, errOpen) {
-		s.keyMismatch("a stored record")
+		s.keyMismatch(name)
 		return tokencache.Record{}, fmt.Errorf("%w (%w)", ErrKeyMismatch, err)
 	}
 	return rec, err
