@@ -25,6 +25,7 @@ type redisServer struct {
 	bin  string
 	dir  string
 	port int
+	conf string // a config file to start with, first on the command line
 	args []string
 	cmd  *exec.Cmd
 	done chan struct{} // closed when cmd has been waited for
@@ -34,6 +35,13 @@ type redisServer struct {
 // stops it when the test ends. It skips the test when the binary is
 // missing, unless OAUTHPROXY_REQUIRE_SERVERS is set (CI sets it).
 func startRedis(t *testing.T, args ...string) *redisServer {
+	t.Helper()
+	return startRedisConf(t, "", args...)
+}
+
+// startRedisConf is startRedis with a config file, written into the
+// server's directory: Sentinel needs one it can rewrite.
+func startRedisConf(t *testing.T, conf string, args ...string) *redisServer {
 	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
@@ -49,6 +57,12 @@ func startRedis(t *testing.T, args ...string) *redisServer {
 	port := l.Addr().(*net.TCPAddr).Port
 	l.Close()
 	r := &redisServer{t: t, bin: bin, dir: t.TempDir(), port: port, args: args}
+	if conf != "" {
+		r.conf = filepath.Join(r.dir, "redis.conf")
+		if err := os.WriteFile(r.conf, []byte(conf), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
 	r.start()
 	t.Cleanup(func() {
 		r.kill()
@@ -67,11 +81,15 @@ func (r *redisServer) URL() string { return "redis://" + r.Addr() + "/0" }
 
 func (r *redisServer) start() {
 	r.t.Helper()
-	args := append([]string{
+	var args []string
+	if r.conf != "" {
+		args = append(args, r.conf)
+	}
+	args = append(args,
 		"--port", strconv.Itoa(r.port), "--bind", "127.0.0.1",
 		"--dir", r.dir, "--save", "", "--appendonly", "no",
-		"--logfile", filepath.Join(r.dir, "redis.log"),
-	}, r.args...)
+		"--logfile", filepath.Join(r.dir, "redis.log"))
+	args = append(args, r.args...)
 	r.cmd = exec.Command(r.bin, args...)
 	if err := r.cmd.Start(); err != nil {
 		r.t.Fatalf("starting redis-server: %v", err)
