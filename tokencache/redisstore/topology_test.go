@@ -1,8 +1,20 @@
 package redisstore
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -84,4 +96,83 @@ func TestCluster(t *testing.T) {
 		o.Cluster = []string{node.Addr()}
 	}
 	exercise(t, newStore(t, node, opts), newStore(t, node, opts))
+}
+
+// TestTLS connects with rediss:// to a TLS port, verifying the server's
+// certificate for the URL's host against the given roots.
+func TestTLS(t *testing.T) {
+	dir := t.TempDir()
+	roots, certFile, keyFile := writeServerCert(t, dir)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsPort := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	r := startRedis(t, "--tls-port", strconv.Itoa(tlsPort), "--tls-cert-file", certFile,
+		"--tls-key-file", keyFile, "--tls-auth-clients", "no")
+	url := fmt.Sprintf("rediss://localhost:%d/0", tlsPort)
+	for _, tc := range []struct {
+		name    string
+		tls     *tls.Config
+		wantErr bool
+	}{
+		{"trusted", &tls.Config{RootCAs: roots}, false},
+		{"system roots only", &tls.Config{}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			opts := func(o *Options) { o.URL, o.TLS = url, tc.tls }
+			if tc.wantErr {
+				err := newStore(t, r, opts).Ping(t.Context())
+				if err == nil || !strings.Contains(err.Error(), "certificate") {
+					t.Errorf("Ping = %v, want a certificate error", err)
+				}
+				return
+			}
+			exercise(t, newStore(t, r, opts), newStore(t, r, opts))
+		})
+	}
+}
+
+// writeServerCert writes a self-signed certificate for localhost into dir
+// and returns a pool that trusts it.
+func writeServerCert(t *testing.T, dir string) (*x509.CertPool, string, string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "localhost"},
+		DNSNames:              []string{"localhost"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	return pool, certFile, keyFile
 }
