@@ -11,7 +11,7 @@
 //	PREFIX{h}:chg    the pub/sub channel; messages hold a generation,
 //	                 "0" (deleted) or "released" (the lease), nothing else
 //
-// and PREFIX:keycheck holds a known text sealed with the cache.key of the
+// and PREFIX + "keycheck" (oauthproxy:keycheck) holds a known text sealed with the cache.key of the
 // first replica, so that a replica with another key finds out before it
 // writes anything (ErrKeyMismatch). Values are sealed with AES-256-GCM under
 // a key derived from cache.key, with the format, the Redis key and the
