@@ -11,9 +11,9 @@
 //	PREFIX{h}:chg    the pub/sub channel; messages hold a generation,
 //	                 "0" (deleted) or "released" (the lease), nothing else
 //
-// and PREFIX + "keycheck" (oauthproxy:keycheck) holds a known text sealed with the cache.key of the
-// first replica, so that a replica with another key finds out before it
-// writes anything (ErrKeyMismatch). Values are sealed with AES-256-GCM under
+// and PREFIX + "keycheck" (oauthproxy:keycheck) holds a known text sealed
+// with the cache.key of the first replica, so that a replica with another
+// key finds out before it writes anything (ErrKeyMismatch). Values are sealed with AES-256-GCM under
 // a key derived from cache.key, with the format, the Redis key and the
 // hash field as additional data; key names use an HMAC under another
 // derived key. Nothing in Redis holds a token, client id or secret in the
