@@ -29,10 +29,12 @@ type Config struct {
 	Inbound     Inbound            `yaml:"inbound"`
 	Server      Server             `yaml:"server"`
 	OAuth2      map[string]*OAuth2 `yaml:"oauth2"`
-	Routes      []*Route           `yaml:"routes"`
-	File        string             `yaml:"-"` // the file it was loaded from
-	Warnings    []Problem          `yaml:"-"` // what is allowed but worth saying at every start
-	Pos         Positions          `yaml:"-"`
+	// Cache, when set, shares tokens between replicas through Redis.
+	Cache    *Cache    `yaml:"cache"`
+	Routes   []*Route  `yaml:"routes"`
+	File     string    `yaml:"-"` // the file it was loaded from
+	Warnings []Problem `yaml:"-"` // what is allowed but worth saying at every start
+	Pos      Positions `yaml:"-"`
 	// Files is every file the config was read from: the file itself and
 	// those ${file:...} references named. A change to one is a change to
 	// the config.
@@ -148,6 +150,10 @@ type OAuth2 struct {
 	// entries, encrypted with StoreKey (32 bytes, base64).
 	Store    string `yaml:"store"`
 	StoreKey Secret `yaml:"store_key"`
+	// RefreshTokenRotation false says the server keeps a refresh token
+	// valid when it issues a new one, so that replicas cut off from the
+	// cache may keep renewing with it (default true: assume rotation).
+	RefreshTokenRotation *bool `yaml:"refresh_token_rotation"`
 
 	Name string    `yaml:"-"`
 	Pos  Positions `yaml:"-"`

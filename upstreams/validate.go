@@ -38,6 +38,7 @@ func (v *validator) run() {
 	}
 	v.server()
 	v.inbound()
+	v.cache()
 
 	names := slices.Sorted(maps.Keys(c.OAuth2))
 	if len(names) == 0 {
@@ -361,8 +362,11 @@ func (v *validator) signIn(path string, o *OAuth2) {
 			v.addAt(p["store_key"], path+".store_key", "%v", err)
 		}
 	}
+	if storeSet && v.cfg.Cache != nil {
+		v.warnAt(p["store"], path+".store", "not used: with cache, refresh tokens live in the shared cache")
+	}
 	if o.GrantType == tokencache.GrantAuthorizationCode || o.GrantType == tokencache.GrantDeviceCode {
-		if !storeSet {
+		if !storeSet && v.cfg.Cache == nil {
 			v.warnAt(p[""], path, "no store: the refresh token lives in memory only, and every restart needs a new sign-in (set store and store_key)")
 		}
 		if o.GrantType == tokencache.GrantAuthorizationCode && strings.HasPrefix(v.cfg.AdminListen, "unix:") {

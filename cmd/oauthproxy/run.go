@@ -76,6 +76,7 @@ type app struct {
 	tel      *telemetry
 	tokens   *tokencache.Metrics
 	reloads  *reloadMetrics
+	cache    *cacheMetrics
 	handler  *proxy.Handler
 	rt       atomic.Pointer[upstreams.Runtime]
 	serving  atomic.Bool
@@ -90,6 +91,7 @@ func (a *app) runtime() *upstreams.Runtime { return a.rt.Load() }
 func (a *app) build(cfg *upstreams.Config, prev *upstreams.Runtime) (*upstreams.Runtime, error) {
 	return upstreams.Build(cfg, prev, upstreams.Options{
 		Logger: a.log, Handler: a.handler, TokenMetrics: a.tokens, Scrub: a.scrub,
+		CacheObserve: a.cache.observe,
 	})
 }
 
@@ -116,6 +118,9 @@ func serve(ctx context.Context, cfg *upstreams.Config, log *slog.Logger, scrub *
 		return fmt.Errorf("metrics: %w", err)
 	}
 	if a.reloads, err = newReloadMetrics(a.tel.meter); err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
+	if a.cache, err = newCacheMetrics(a.tel.meter); err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
 	if a.handler, err = proxy.NewHandler(proxy.Options{Logger: log, Meter: a.tel.meter, BodyIdleTimeout: cfg.Server.BodyIdleTimeout}); err != nil {
