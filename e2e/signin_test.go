@@ -210,6 +210,18 @@ func (p *proc) waitStatus(t *testing.T, what string, ok func(tokenStatus) bool) 
 	}
 }
 
+// waitLog waits for a log line whose msg is msg.
+func (p *proc) waitLog(t *testing.T, msg string) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for len(p.logLines(msg)) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no log line %q", msg)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 func isState(s string) func(tokenStatus) bool {
 	return func(st tokenStatus) bool { return st.State == s }
 }
@@ -898,5 +910,95 @@ func writeRecord(t *testing.T, path, key string) {
 	addCanary(rt)
 	if _, err := st.CompareAndSwap(context.Background(), "e2e", 0, tokencache.Record{RefreshToken: tokencache.Secret(rt), Subject: signinUser}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestDeviceCodeExpiresAndDenied lets a device code expire (this client's
+// codes live 2 s), starts a new one from the login page, and denies that
+// one on oidc-provider's confirmation page.
+func TestDeviceCodeExpiresAndDenied(t *testing.T) {
+	iss := needOIDC(t)
+	meta := map[string]any{
+		"application_type":           "native",
+		"client_name":                "short-device-code",
+		"redirect_uris":              []string{},
+		"grant_types":                []string{"urn:ietf:params:oauth:grant-type:device_code", "refresh_token"},
+		"response_types":             []string{},
+		"token_endpoint_auth_method": "none",
+	}
+	c := registerClient(t, iss, meta)
+	up := newAPI(t, verifyFor(&c))
+	admin := freeAddr(t)
+	store, key := filepath.Join(t.TempDir(), "tokens.db"), newStoreKey()
+	p := startProxy(t, signinConfig(admin, up.URL, deviceEntry(iss, c, store, key)))
+
+	first := p.waitStatus(t, "device_pending", isState("device_pending")).Device.UserCode
+	p.waitStatus(t, "login_required after the code expired", isState("login_required"))
+	p.waitLog(t, "the device code expired before anyone signed in; a new one follows")
+	if r := get(t, p.base+"/api/orders"); r.status != 503 || r.errorCode() != "login_required" {
+		t.Errorf("route after expiry: %d %s", r.status, r.body)
+	}
+
+	// Sign in on the admin listener: a new code at once, not after the backoff.
+	if r := get(t, "http://"+admin+"/oauth2/e2e/login"); r.status != 200 {
+		t.Fatalf("login for a device code entry: %d %s", r.status, r.body)
+	}
+	st := p.waitStatus(t, "a new device code", func(st tokenStatus) bool {
+		return st.State == "device_pending" && st.Device.UserCode != first
+	})
+
+	// The person says no.
+	b := newBrowser(t)
+	pg := b.submit(b.get(st.Device.VerificationURI), map[string]string{"user_code": st.Device.UserCode})
+	if pg = b.submit(pg, map[string]string{"abort": "yes"}); pg.status != 200 && pg.status != 400 {
+		t.Fatalf("aborting: %d %s", pg.status, pg.body)
+	}
+	st = p.waitStatus(t, "login_required after the denial", isState("login_required"))
+	if !strings.Contains(st.LastError, "access_denied") || st.RefreshToken {
+		t.Errorf("/tokens after the denial: %+v", st)
+	}
+	r := get(t, p.base+"/api/orders")
+	if r.status != 503 || r.errorCode() != "login_required" || !strings.Contains(r.body, "access_denied") {
+		t.Errorf("route after the denial: %d %s", r.status, r.body)
+	}
+	if n := len(p.logLines("sign-in required: open the verification URL on any device and enter the code")); n != 2 {
+		t.Errorf("%d device codes were started, want 2 (none after the denial)", n)
+	}
+	if n := oidcGranted(c.id, "urn:ietf:params:oauth:grant-type:device_code"); n != 0 {
+		t.Errorf("oidc-provider granted %d device codes, want none", n)
+	}
+}
+
+// TestRevokeRefused revokes an access token oidc-provider will not revoke
+// (a JWT: RFC 7009 §2.2.1 unsupported_token_type). The refusal is an error
+// with the server's code and the proxy keeps its token; -force drops it.
+func TestRevokeRefused(t *testing.T) {
+	iss := needOIDC(t)
+	up := newAPI(t, func(tok string) error { _, err := verifyJWT(tok, "basic-app"); return err })
+	path := writeConfig(t, signinConfig(freeAddr(t), up.URL, fmt.Sprintf(`    token_url: %[1]s/token
+    revoke_url: %[1]s/token/revocation
+    client_id: basic-app
+    client_secret: %[2]s
+    resource: %[3]s`, iss, basicSecret, apiResource)))
+	p := start(t, nil, "run", "-config", path)
+	p.waitServing()
+	if r := get(t, p.base+"/api/orders"); r.status != 200 {
+		t.Fatalf("GET through the proxy: %d %s", r.status, r.body)
+	}
+	tok := up.last(t).token
+
+	out, code := run(t, nil, "revoke", "e2e", "-config", path)
+	if code != 1 || !strings.Contains(out, "answered 400 unsupported_token_type") {
+		t.Errorf("oauthproxy revoke of a JWT: exit %d, want 1 naming unsupported_token_type:\n%s", code, out)
+	}
+	if r := get(t, p.base+"/api/orders"); r.status != 200 || up.last(t).token != tok {
+		t.Errorf("after a refused revocation the proxy does not keep its token: %d %s", r.status, r.body)
+	}
+	out, code = run(t, nil, "revoke", "e2e", "-config", path, "-force")
+	if code != 0 || !strings.Contains(out, "access token: true") {
+		t.Errorf("oauthproxy revoke -force: exit %d:\n%s", code, out)
+	}
+	if r := get(t, p.base+"/api/orders"); r.status != 200 || up.last(t).token == tok {
+		t.Errorf("after revoke -force the proxy still sends the old token: %d %s", r.status, r.body)
 	}
 }

@@ -38,6 +38,11 @@ server.listen(0, '127.0.0.1', () => {
     // Every refresh spends the refresh token and issues a new one: what
     // the proxy must persist before it uses the new access token.
     rotateRefreshToken: true,
+    // A client registered with client_name "short-device-code" gets device
+    // codes that expire in 2 s: the expiry path without a 10-minute wait.
+    ttl: {
+      DeviceCode: (ctx, code, client) => (client?.clientName === 'short-device-code' ? 2 : 600),
+    },
     features: {
       devInteractions: { enabled: true },
       clientCredentials: { enabled: true },
