@@ -102,6 +102,21 @@ func TestDocsExamples(t *testing.T) {
 			for _, w := range cfg.Warnings {
 				t.Logf("%s:%d:%d: warning: %s", ex.file, ex.line+w.Line-1, w.Col, w.Msg)
 			}
+			// The resolver's two .ionapi variants reached the entries
+			// as the file names promise.
+			for name, o := range cfg.OAuth2 {
+				_, setGrant := o.Pos["grant_type"]
+				if o.IonAPIFile == "" || setGrant {
+					continue
+				}
+				want := upstreams.GrantType("client_credentials")
+				if strings.Contains(strings.ToLower(filepath.Base(o.IonAPIFile)), "service") {
+					want = "password"
+				}
+				if o.GrantType != want {
+					t.Errorf("oauth2.%s (ionapi_file %s): grant_type %s, want %s", name, o.IonAPIFile, o.GrantType, want)
+				}
+			}
 		})
 	}
 }
