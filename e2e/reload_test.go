@@ -252,3 +252,25 @@ func TestSecondSignalExits(t *testing.T) {
 		t.Errorf("the second signal took %v to end the process", d)
 	}
 }
+
+// TestRevokeOnShutdown: an entry with revoke_on_shutdown revokes its
+// access token when the proxy stops.
+func TestRevokeOnShutdown(t *testing.T) {
+	idp := newTokenServer(t, nil)
+	up := newAPI(t, idp.verify)
+	p := startProxy(t, config(up.URL, "    token_url: "+idp.URL+"/t\n    client_id: a\n    client_secret: s\n    revoke_url: "+idp.URL+"/revoke\n    revoke_on_shutdown: true"))
+	if r := get(t, p.base+"/api/x"); r.status != 200 {
+		t.Fatalf("%d %s", r.status, r.body)
+	}
+	tok := up.last(t).token
+	p.stop()
+	var revoked bool
+	for _, r := range idp.requests() {
+		if r.params["token"] == tok && r.params["token_type_hint"] == "access_token" && r.basicUser == "a" {
+			revoked = true
+		}
+	}
+	if !revoked {
+		t.Errorf("the access token was not revoked at shutdown: %d requests to the IdP", len(idp.requests()))
+	}
+}

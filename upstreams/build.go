@@ -207,7 +207,7 @@ func sourceConfig(cfg *Config, name string, trs *transports, sts *stores, opts O
 		Scrub:   opts.Scrub,
 	}
 	var loginURL string
-	if o.GrantType == tokencache.GrantAuthorizationCode {
+	if o.GrantType == tokencache.GrantAuthorizationCode || o.GrantType == tokencache.GrantDeviceCode {
 		loginURL = cfg.LoginURL(name)
 	}
 	var store tokencache.Store

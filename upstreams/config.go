@@ -270,7 +270,7 @@ func (c *Config) applyDefaults() {
 		defEnum(&o.TokenMethod, "POST", o.Pos, "token_method")
 		defEnum(&o.RevokeMethod, "POST", o.Pos, "revoke_method")
 		defEnum(&o.AuthMethod, "GET", o.Pos, "auth_method")
-		if o.RedirectURL.IsZero() && (o.GrantType == tokencache.GrantAuthorizationCode) && !strings.HasPrefix(c.AdminListen, "unix:") {
+		if o.RedirectURL.IsZero() && o.GrantType == tokencache.GrantAuthorizationCode && fixedPort(c.AdminListen) {
 			o.RedirectURL.UnmarshalText([]byte(adminURL(c.AdminListen) + "/oauth2/" + name + "/callback"))
 		}
 		if o.RequestRefreshToken && !slices.Contains(o.Scopes, "offline_access") {
@@ -312,6 +312,14 @@ func defEnum[T ~string](v *T, def T, ps Positions, key string) {
 	if _, written := ps[key]; *v == "" && !written {
 		*v = def
 	}
+}
+
+// fixedPort reports whether a listen address has a port known before it
+// listens (not a unix socket, not port 0): only then is the admin
+// listener's callback a redirect_url to register.
+func fixedPort(addr string) bool {
+	_, port, err := net.SplitHostPort(addr)
+	return err == nil && port != "" && port != "0"
 }
 
 // adminURL is the base URL of the admin listener as a browser on this
