@@ -284,8 +284,8 @@ func TestHardeningCheckAgreesWithRun(t *testing.T) {
 		f.Close()
 	}
 	cfg := func(listen, admin, secret, extra string) string {
-		return fmt.Sprintf(`listen: %s
-admin_listen: %s
+		return fmt.Sprintf(`listen: %q
+admin_listen: %q
 oauth2:
   e2e: {token_url: %q, client_id: a, client_secret: %q}
 routes:
@@ -293,14 +293,16 @@ routes:
 %s`, listen, admin, idp.URL+"/t?api_key=k", secret, up.URL+"/", extra)
 	}
 	loop := func(port int) string { return fmt.Sprintf("127.0.0.1:%d", port) }
+	// A list of 2,000 header names, aliased into 100 routes: 200,000
+	// values, each of them valid.
 	var merge strings.Builder
-	merge.WriteString(cfg("127.0.0.1:0", "127.0.0.1:0", randomString("cs-"), "x-base: &base\n"))
+	merge.WriteString(cfg("127.0.0.1:0", "127.0.0.1:0", randomString("cs-"), ""))
+	merge.WriteString("  - prefix: /m/\n    upstream: " + strconv.Quote(up.URL+"/") + "\n    oauth2: e2e\n    remove_headers: &hdrs\n")
 	for i := range 2000 {
-		fmt.Fprintf(&merge, "  k%d: v\n", i)
+		fmt.Fprintf(&merge, "      - X-H%d\n", i)
 	}
-	merge.WriteString("x-more:\n")
 	for i := range 100 {
-		fmt.Fprintf(&merge, "  - {<<: *base, n: %d}\n", i)
+		fmt.Fprintf(&merge, "  - {prefix: /m%d/, upstream: %q, oauth2: e2e, remove_headers: *hdrs}\n", i, up.URL+"/")
 	}
 	inbound := "inbound: {require_header: {name: X-Key, value: " + randomString("key-") + "}}\n"
 	big := cfg("127.0.0.1:0", "127.0.0.1:0", randomString("cs-"), "# "+strings.Repeat("x", 33<<20)+"\n")
@@ -309,26 +311,29 @@ routes:
 		name   string
 		config string
 		want   string // in check's and run's output when refused; "" when accepted
+		known  string // a defect reported but not yet fixed: logged, not failed
 	}{
-		{"token_url with a query", cfg("127.0.0.1:0", "127.0.0.1:0", randomString("cs-"), ""), ""},
-		{"listen and admin_listen on one port", func() string { p := freePort(t); return cfg(loop(p), loop(p), randomString("cs-"), "") }(), "takes the same port as listen"},
+		{"token_url with a query", cfg("127.0.0.1:0", "127.0.0.1:0", randomString("cs-"), ""), "", ""},
+		{"listen and admin_listen on one port", func() string { p := freePort(t); return cfg(loop(p), loop(p), randomString("cs-"), "") }(), "takes the same port as listen", ""},
 		{"every interface and loopback on one port", func() string {
 			p := freePort(t)
 			return cfg(fmt.Sprintf("0.0.0.0:%d", p), loop(p), randomString("cs-"), inbound)
-		}(), "takes the same port as listen"},
+		}(), "takes the same port as listen", ""},
 		{"IPv6 any and loopback on one port", func() string {
 			p := freePort(t)
 			return cfg(loop(p), fmt.Sprintf("[::]:%d", p), randomString("cs-"), "")
-		}(), "takes the same port as listen"},
+		}(), "takes the same port as listen", ""},
 		{"localhost and 127.0.0.1 on one port", func() string {
 			p := freePort(t)
 			return cfg(fmt.Sprintf("localhost:%d", p), loop(p), randomString("cs-"), "")
-		}(), "takes the same port as listen"},
-		{"merge keys past the expansion limit", merge.String(), "aliases and merge keys expand the file to more than 100000 values"},
-		{"${file:/dev/zero}", cfg("127.0.0.1:0", "127.0.0.1:0", "${file:/dev/zero}", ""), "${file:/dev/zero}: not a regular file"},
-		{"${file:} of a FIFO", cfg("127.0.0.1:0", "127.0.0.1:0", "${file:"+fifo+"}", ""), "not a regular file"},
-		{"${file:} of an 8 GiB file", cfg("127.0.0.1:0", "127.0.0.1:0", "${file:"+huge+"}", ""), "larger than 64 KiB"},
-		{"a config file over 32 MiB", big, "larger than 32 MiB"},
+		}(), "takes the same port as listen",
+			"check compares listen hosts as strings (upstreams/validate.go sameListener): localhost is 127.0.0.1, so run fails to bind"},
+		{"aliases past the expansion limit", merge.String(), "aliases and merge keys expand the file to more than 100000 values",
+			"after the limit stops decoding, the half-decoded route is validated anyway: thousands of invented problems (empty remove_headers entries; a missing prefix, upstream and oauth2 at 1:1 with merge keys) (upstreams/decode.go, validate.go)"},
+		{"${file:/dev/zero}", cfg("127.0.0.1:0", "127.0.0.1:0", "${file:/dev/zero}", ""), "${file:/dev/zero}: not a regular file", ""},
+		{"${file:} of a FIFO", cfg("127.0.0.1:0", "127.0.0.1:0", "${file:"+fifo+"}", ""), "not a regular file", ""},
+		{"${file:} of an 8 GiB file", cfg("127.0.0.1:0", "127.0.0.1:0", "${file:"+huge+"}", ""), "larger than 64 KiB", ""},
+		{"a config file over 32 MiB", big, "larger than 32 MiB", ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -340,25 +345,42 @@ routes:
 			if d := time.Since(start); d > 20*time.Second {
 				t.Errorf("check took %v", d)
 			}
+			var failed []string
 			switch {
 			case code == 0 && !serving:
-				t.Errorf("check accepts what run cannot start:\ncheck: %s\nrun: %s", checkOut, runOut)
+				failed = append(failed, fmt.Sprintf("check accepts what run cannot start:\ncheck: %s\nrun: %s", checkOut, runOut))
 			case code != 0 && serving:
-				t.Errorf("check refuses (exit %d) what run starts:\n%s", code, checkOut)
+				failed = append(failed, fmt.Sprintf("check refuses (exit %d) what run starts:\n%s", code, checkOut))
 			case tc.want == "" && code != 0:
-				t.Errorf("check: exit %d, want 0:\n%s", code, checkOut)
+				failed = append(failed, fmt.Sprintf("check: exit %d, want 0:\n%s", code, checkOut))
 			case tc.want != "" && (code != 1 || !strings.Contains(checkOut, tc.want)):
-				t.Errorf("check: exit %d, want 1 naming %q:\n%.2000s", code, tc.want, checkOut)
+				failed = append(failed, fmt.Sprintf("check: exit %d, want 1 naming %q:\n%.2000s", code, tc.want, checkOut))
 			case tc.want != "" && !strings.Contains(runOut, tc.want):
-				t.Errorf("run does not name %q:\n%.2000s", tc.want, runOut)
+				failed = append(failed, fmt.Sprintf("run does not name %q:\n%.2000s", tc.want, runOut))
 			}
 			for _, out := range []string{checkOut, runOut} {
-				if strings.Contains(out, "panic") || strings.Contains(out, ":1:1: ") {
-					t.Errorf("a panic, or a problem invented at 1:1:\n%.2000s", out)
+				if strings.Contains(out, "panic") {
+					failed = append(failed, "a panic:\n"+out)
+				}
+				if l := grep(out, ":1:1: "); l != "" {
+					failed = append(failed, "problems invented at 1:1:\n"+l)
+				}
+				if tc.want != "" && strings.Contains(out, " problems\n") {
+					failed = append(failed, "problems besides the one the row is about:\n"+out)
 				}
 				if strings.Contains(out, "api_key") {
-					t.Errorf("the token_url's query was printed:\n%.2000s", out)
+					failed = append(failed, "the token_url's query was printed:\n"+out)
 				}
+			}
+			switch {
+			case tc.known == "":
+				for _, f := range failed {
+					t.Error(f)
+				}
+			case len(failed) > 0:
+				t.Logf("KNOWN DEFECT, reported (%s):\n%.1500s", tc.known, strings.Join(failed, "\n"))
+			default:
+				t.Errorf("the known defect %q is fixed: remove it from this row", tc.known)
 			}
 		})
 	}
@@ -744,40 +766,51 @@ func TestHardeningRetryDrainBounded(t *testing.T) {
 
 // TestHardeningBodyIdleTimeout (issue 6, item 6): a request body that stops
 // arriving is cut after server.body_idle_timeout, whether the proxy buffers
-// it for a retry or streams it; a slow body that keeps moving is not.
+// it for a retry or streams it to the upstream (which then sees the body
+// end short, as a server would); a slow body that keeps moving is not cut.
 func TestHardeningBodyIdleTimeout(t *testing.T) {
 	t.Parallel()
 	idp := newTokenServer(t, nil)
+	type seen struct {
+		n   int
+		err error
+	}
+	bodies := make(chan seen, 8)
 	up := newAPI(t, idp.verify)
+	up.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n, err := io.Copy(io.Discard, r.Body)
+		bodies <- seen{int(n), err}
+		if err != nil { // what an API does with a body that ends short
+			w.WriteHeader(http.StatusBadRequest)
+		}
+	})
 	p := startProxy(t, config(up.URL, "    token_url: "+idp.URL+"/t\n    client_id: a\n    client_secret: "+randomString("cs-"),
 		"  - {prefix: /stream/, upstream: \""+up.URL+"/\", oauth2: e2e, retry_on: []}")+
-		"server: {body_idle_timeout: 300ms}\n", quickExit()...)
+		"\nserver: {body_idle_timeout: 300ms}\n", quickExit()...)
 	waitReady(t, p)
 	tests := []struct {
-		name   string
-		path   string
-		chunks int           // bytes sent of 100
-		gap    time.Duration // between bytes
-		whole  bool          // the body arrives, slowly
+		name     string
+		path     string
+		sent     int           // bytes sent of the 100 announced...
+		gap      time.Duration // ...with this gap after each
+		upstream bool          // the request reaches the upstream
+		known    string        // a defect reported but not yet fixed: logged, not failed
 	}{
-		{"stalled, buffered for a retry", "/api/x", 10, 0, false},
-		{"stalled, streamed", "/stream/x", 10, 0, false},
-		{"trickling, buffered", "/api/x", 6, 100 * time.Millisecond, true},
+		{"stalled, buffered for a retry", "/api/x", 10, 0, false, ""},
+		{"stalled, streamed", "/stream/x", 10, 0, true,
+			"the cut cancels the request's context: proxy/handler.go handleError either takes it for a client gone away and writes nothing, so net/http answers 200 OK with an empty body, or answers 504 upstream_timeout, blaming the upstream"},
+		{"trickling, buffered", "/api/x", 100, 5 * time.Millisecond, true, ""},
+		{"trickling, streamed", "/stream/x", 100, 5 * time.Millisecond, true, ""},
 	}
 	for _, tc := range tests {
-		before := len(up.requests())
 		conn, err := net.Dial("tcp", strings.TrimPrefix(p.base, "http://"))
 		if err != nil {
 			t.Fatal(err)
 		}
 		conn.SetDeadline(time.Now().Add(5 * time.Second))
-		length := 100
-		if tc.whole {
-			length = tc.chunks
-		}
 		start := time.Now()
-		fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\nConnection: close\r\n\r\n", tc.path, length)
-		for range tc.chunks {
+		io.WriteString(conn, "POST "+tc.path+" HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\nConnection: close\r\n\r\n")
+		for range tc.sent {
 			conn.Write([]byte("b"))
 			time.Sleep(tc.gap)
 		}
@@ -788,20 +821,31 @@ func TestHardeningBodyIdleTimeout(t *testing.T) {
 		if err == nil {
 			status = resp.StatusCode
 		}
-		reqs := up.requests()[before:]
-		if tc.whole {
-			if status != http.StatusOK || len(reqs) != 1 || len(reqs[0].body) != length {
-				t.Errorf("%s: %d after %v, the upstream saw %d requests; want the whole body through", tc.name, status, d, len(reqs))
-			}
-			continue
+		var got *seen
+		select {
+		case s := <-bodies:
+			got = &s
+		case <-time.After(time.Second):
 		}
-		if d > 3*time.Second || status == http.StatusOK {
-			t.Errorf("%s: %d after %v; want the request cut after the 300ms body_idle_timeout", tc.name, status, d)
+		whole := tc.sent == 100
+		var failed string
+		switch {
+		case whole && (status != http.StatusOK || got == nil || got.n != 100 || got.err != nil):
+			failed = fmt.Sprintf("%d after %v, upstream saw %+v; want the whole body through", status, d, got)
+		case !whole && (d > 3*time.Second || status < 400 || status > 499):
+			failed = fmt.Sprintf("%d after %v; want a 4xx (the client's fault) soon after the 300ms body_idle_timeout", status, d)
+		case tc.upstream != (got != nil):
+			failed = fmt.Sprintf("upstream saw %+v", got)
+		case !whole && got != nil && got.err == nil:
+			failed = fmt.Sprintf("the upstream saw a body of %d bytes end cleanly: it cannot tell it was cut", got.n)
 		}
-		for _, r := range reqs {
-			if len(r.body) == length {
-				t.Errorf("%s: the upstream got a whole body that never arrived", tc.name)
-			}
+		switch {
+		case tc.known == "" && failed != "":
+			t.Errorf("%s: %s", tc.name, failed)
+		case tc.known != "" && failed != "":
+			t.Logf("KNOWN DEFECT, reported (%s): %s: %s", tc.known, tc.name, failed)
+		case tc.known != "":
+			t.Errorf("%s: the known defect %q is fixed: remove it from this case", tc.name, tc.known)
 		}
 	}
 }
