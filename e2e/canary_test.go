@@ -66,12 +66,13 @@ func TestSecretCanaries(t *testing.T) {
 // belongs to, where it is known.
 type canaryRecord struct{ where, entry, text string }
 
-// canarySet holds the canaries of one test: a distinct one per secret kind.
+// canarySet holds the canaries of one test: a distinct one per secret
+// kind, and one per entry for what the token endpoint rotates or issues
+// (so that no entry's secret is hidden only because the scrubber learnt it
+// from another entry).
 type canarySet struct {
-	named map[string]string // what it is -> value
 	mu    sync.Mutex
-	// issued are the access tokens the token endpoint gave out.
-	issued []string
+	named map[string]string // what it is -> value
 }
 
 const (
@@ -84,8 +85,7 @@ func newCanarySet() *canarySet {
 	for _, name := range []string{
 		"client_secret", "password", "params value", "headers value",
 		"oauth2 proxy_url password", "route proxy_url password",
-		"refresh_token as configured", "refresh_token before rotation", "refresh_token as rotated",
-		"access token", "client_secret file", "client_secret file as rotated",
+		"refresh_token as configured", "refresh_token before rotation", "client_secret file",
 		"token_url api_key", "inbound key",
 	} {
 		c.named[name] = newCanary()
@@ -93,25 +93,37 @@ func newCanarySet() *canarySet {
 	return c
 }
 
-func (c *canarySet) v(name string) string { return c.named[name] }
+func (c *canarySet) v(name string) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.named[name]
+}
+
+// once returns the canary name, made on first use.
+func (c *canarySet) once(name string) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.named[name] == "" {
+		c.named[name] = newCanary()
+	}
+	return c.named[name]
+}
 
 // newCanary is a value whose spellings all differ: '+', '/', '=', ' ', '&'
 // and '"' each come out differently in a form, a path, JSON and HTML-safe
-// JSON. Its first 12 characters (hex) find a leak of part of it.
+// JSON. No run of it is long enough (20) for the proxy to mask it as
+// opaque: only knowing it hides it. Its first 12 characters (hex) find a
+// leak of part of it.
 func newCanary() string {
-	b := make([]byte, 14)
+	b := make([]byte, 13)
 	rand.Read(b)
 	h := hex.EncodeToString(b)
-	return h[:12] + "+" + h[12:16] + "/" + h[16:20] + "= " + h[20:24] + "&" + h[24:26] + `"` + h[26:]
+	return h[:12] + "+" + h[12:14] + "&" + h[14:18] + "/" + h[18:20] + " " + h[20:24] + "=" + h[24:] + `"`
 }
 
 // issue makes an access token canary.
 func (c *canarySet) issue() string {
-	tok := newCanary()
-	c.mu.Lock()
-	c.issued = append(c.issued, tok)
-	c.mu.Unlock()
-	return tok
+	return c.once("access token " + newCanary()[:12])
 }
 
 // spellings are v as the proxy may send it, or a server echo it.
@@ -168,70 +180,83 @@ func (c *canarySet) needles(withTokens bool) map[string]string {
 			out[v] = fmt.Sprintf("%s (spelling %d)", name, i)
 		}
 	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	for name, v := range c.named {
-		if name == "access token" && !withTokens {
+		if strings.HasPrefix(name, "access token") && !withTokens {
 			continue
 		}
 		add(name, spellings(v))
 		mark := v[:12]
 		add(name+", its first 12 characters", append([]string{mark}, base64s(mark)[:3]...))
-		switch name {
-		case "client_secret", "client_secret file", "client_secret file as rotated":
+		switch {
+		case strings.HasPrefix(name, "client_secret"):
 			add(name+" as Basic credentials", basicSpellings(canaryClientID, v, true))
-		case "oauth2 proxy_url password", "route proxy_url password":
+		case strings.HasSuffix(name, "proxy_url password"):
 			add(name+" as Basic credentials", basicSpellings(canaryProxyUser, v, false))
 		}
-	}
-	if withTokens {
-		c.mu.Lock()
-		for _, tok := range c.issued {
-			add("an issued access token", spellings(tok))
-		}
-		c.mu.Unlock()
 	}
 	return out
 }
 
-// knownLeaks are leaks found and reported but not yet fixed: entry kinds
-// and modes (as "kind-mode") by where they leak, each with the reason.
-// They are logged, not failed, so that the rest of the test keeps guarding.
-// Remove an entry once its leak is fixed.
-var knownLeaks = map[string]string{}
+// knownLeaks are leaks this test found that are reported but not fixed yet
+// (issue 6): entries (as "kind-mode", a regexp) by where they leak (a
+// regexp on canaryRecord.where). They are logged rather than failed so that
+// the test keeps guarding everything else, and fail once no longer seen:
+// remove an entry with the fix that closes it.
+var knownLeaks = []struct{ entries, where, why string }{
+	{`-type$`, `^(client|/tokens|/readyz)`,
+		"a token_type is repeated verbatim in `token_type %q is not Bearer` (tokencache/token.go lifetime.newToken)"},
+	{`-ctype$`, `^(client|/tokens|/readyz|log)`,
+		"a Content-Type is repeated in `the body is not a JSON token response (%s)` (tokencache/response.go describeBadBody), lowercased by mime.ParseMediaType so that even the spellings the scrubber knows (%2B) get past it"},
+	{`-scope$`, `^(/tokens|oauthproxy token)`,
+		"scopes from the token response are shown unscrubbed by /tokens (tokencache/status.go Status) and `oauthproxy token` (cmd/oauthproxy/token.go describeToken)"},
+	{`^(apikey|file)-(echo|all|type|scope)$`, `^(log|oauthproxy token)`,
+		"the scrubber never learns a client secret re-read from ${file:} after invalid_client (tokencache/clientauth.go ClientSecret.Reread), nor the values of a token_url query (upstreams/build.go Config.AddSecrets)"},
+	{`^proxy-(type|scope)$`, `^log`,
+		"the scrubber knows a proxy_url password, not the base64 of user:password sent in Proxy-Authorization (upstreams/build.go Config.AddSecrets)"},
+	{`^rotated-scope$`, `^log`,
+		"the scrubber forgets an access token once it is renewed (tokencache/source.go Scrub.Set): an echo of the previous one gets past it"},
+}
 
-// scan fails for every canary spelling found in recs.
+// scan fails for every canary spelling found in recs, but known leaks.
 func (c *canarySet) scan(t *testing.T, recs []canaryRecord) {
 	all, noTokens := c.needles(true), c.needles(false)
-	type hit struct{ what, where, entry, around string }
 	seen := map[string]bool{}
-	var hits []hit
+	known := make([]int, len(knownLeaks))
 	for _, r := range recs {
-		needles := noTokens
-		if !strings.HasSuffix(r.where, "-show") {
-			needles = all
+		needles := all
+		if strings.HasSuffix(r.where, "-show") { // the one output meant to hold a token
+			needles = noTokens
 		}
 		for n, what := range needles {
 			i := strings.Index(r.text, n)
 			if i < 0 {
 				continue
 			}
-			kind := entryKind(r.entry)
-			key := what + "|" + r.where + "|" + kind
+			key := what + "|" + r.where + "|" + entryKind(r.entry)
 			if seen[key] {
 				continue
 			}
 			seen[key] = true
 			lo, hi := max(0, i-80), min(len(r.text), i+len(n)+40)
-			hits = append(hits, hit{what, r.where, r.entry, r.text[lo:hi]})
+			msg := fmt.Sprintf("%s: the %s leaked (oauth2 %q): ...%s...", r.where, what, r.entry, r.text[lo:hi])
+			k := slices.IndexFunc(knownLeaks, func(k struct{ entries, where, why string }) bool {
+				return regexp.MustCompile(k.entries).MatchString(entryKind(r.entry)) && regexp.MustCompile(k.where).MatchString(r.where)
+			})
+			if k < 0 {
+				t.Error(msg)
+				continue
+			}
+			if known[k]++; known[k] == 1 {
+				t.Logf("KNOWN LEAK, reported (%s), e.g. %s", knownLeaks[k].why, msg)
+			}
 		}
 	}
-	slices.SortFunc(hits, func(a, b hit) int { return strings.Compare(a.where+a.what, b.where+b.what) })
-	for _, h := range hits {
-		msg := fmt.Sprintf("%s: the %s leaked (oauth2 %q): ...%s...", h.where, h.what, h.entry, h.around)
-		if why, ok := knownLeaks[entryKind(h.entry)+" in "+strings.Fields(h.where)[0]]; ok {
-			t.Logf("known leak (%s): %s", why, msg)
-			continue
+	for i, k := range knownLeaks {
+		if known[i] == 0 {
+			t.Errorf("the known leak of %s in %s is no longer seen: remove it from knownLeaks (%s)", k.entries, k.where, k.why)
 		}
-		t.Error(msg)
 	}
 }
 
@@ -276,10 +301,21 @@ type echoIdP struct {
 	mu    sync.Mutex
 	final map[string]bool // paths answered in their mode
 	wrong map[string]bool
+	// access holds the access token issued with each rotated refresh token.
+	access map[string]string
+}
+
+func (e *echoIdP) accessFor(rt string) string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if at := e.access[rt]; at != "" {
+		return at
+	}
+	return newCanary() // a stand-in, while counting spellings
 }
 
 func newEchoIdP(t *testing.T, c *canarySet) *echoIdP {
-	e := &echoIdP{c: c, dir: t.TempDir(), kinds: map[string]*canaryKind{}, final: map[string]bool{}, wrong: map[string]bool{}}
+	e := &echoIdP{c: c, dir: t.TempDir(), kinds: map[string]*canaryKind{}, final: map[string]bool{}, wrong: map[string]bool{}, access: map[string]string{}}
 	e.Server = httptest.NewUnstartedServer(e)
 	t.Cleanup(e.Close)
 	proxyURL := (&url.URL{Scheme: "http", User: url.UserPassword(canaryProxyUser, c.v("oauth2 proxy_url password")), Host: e.Listener.Addr().String()}).String()
@@ -309,9 +345,10 @@ func newEchoIdP(t *testing.T, c *canarySet) *echoIdP {
 			},
 			echoes: func(v string) []string { return append(spellings(v), basicSpellings(canaryProxyUser, v, false)...) }},
 		{name: "rt", secret: c.v("refresh_token as configured"), entry: cs + "    grant_type: refresh_token\n    refresh_token: " + strconv.Quote(c.v("refresh_token as configured")) + "\n", got: param("refresh_token")},
-		{name: "rotated", secret: c.v("refresh_token as rotated"), entry: cs + "    grant_type: refresh_token\n    refresh_token: " + strconv.Quote(c.v("refresh_token before rotation")) + "\n", got: param("refresh_token"),
-			echoes: func(v string) []string { return append(spellings(v), spellings(c.v("access token"))...) }},
-		{name: "file", secret: c.v("client_secret file as rotated"), got: basicPass, echoes: withBasic},
+		// The secrets of these two are what the endpoint rotates them to, per entry.
+		{name: "rotated", entry: cs + "    grant_type: refresh_token\n    refresh_token: " + strconv.Quote(c.v("refresh_token before rotation")) + "\n", got: param("refresh_token"),
+			echoes: func(v string) []string { return append(spellings(v), spellings(e.accessFor(v))...) }},
+		{name: "file", got: basicPass, echoes: withBasic},
 		{name: "apikey", secret: c.v("token_url api_key"), entry: cs, query: "?api_key=" + url.QueryEscape(c.v("token_url api_key")),
 			got: func(r *http.Request, _ map[string]string) string { return r.URL.Query().Get("api_key") }},
 	} {
@@ -351,17 +388,28 @@ func (e *echoIdP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(status)
 		json.NewEncoder(w).Encode(v)
 	}
-	got := k.got(r, params)
+	got, want := k.got(r, params), k.secret
+	switch k.name {
+	case "rotated":
+		want = e.c.once("refresh_token as rotated for " + r.URL.Path)
+		if got == e.c.v("refresh_token before rotation") {
+			at := e.c.once("access token for " + r.URL.Path)
+			e.mu.Lock()
+			e.access[want] = at
+			e.mu.Unlock()
+			answer(200, map[string]any{"access_token": at, "token_type": "Bearer", "expires_in": 1, "refresh_token": want})
+			return
+		}
+	case "file":
+		want = e.c.once("client_secret file as rotated for " + r.URL.Path)
+		if got == e.c.v("client_secret file") {
+			os.WriteFile(e.file(tag, mode, i), []byte(want+"\n"), 0o600)
+			answer(401, map[string]any{"error": "invalid_client", "error_description": "unknown secret " + got})
+			return
+		}
+	}
 	switch {
-	case k.name == "rotated" && got == e.c.v("refresh_token before rotation"):
-		answer(200, map[string]any{"access_token": e.c.v("access token"), "token_type": "Bearer", "expires_in": 1,
-			"refresh_token": e.c.v("refresh_token as rotated")})
-		return
-	case k.name == "file" && got == e.c.v("client_secret file"):
-		os.WriteFile(e.file(tag, mode, i), []byte(e.c.v("client_secret file as rotated")+"\n"), 0o600)
-		answer(401, map[string]any{"error": "invalid_client", "error_description": "unknown secret " + got})
-		return
-	case got != k.secret:
+	case got != want:
 		e.mu.Lock()
 		e.wrong[k.name] = true
 		e.mu.Unlock()
@@ -429,7 +477,11 @@ func (e *echoIdP) config(tag, format string, up *api, modes func(k *canaryKind, 
 	var entries []canaryEntry
 	for _, name := range e.order {
 		k := e.kinds[name]
-		for _, m := range modes(k, k.echoes(k.secret)) {
+		secret := k.secret
+		if secret == "" { // rotated per entry: any canary has as many spellings
+			secret = newCanary()
+		}
+		for _, m := range modes(k, k.echoes(secret)) {
 			mode, is, _ := strings.Cut(m, "/")
 			i, _ := strconv.Atoi(is)
 			ce := canaryEntry{name: fmt.Sprintf("%s-%s-%d", name, mode, i), route: fmt.Sprintf("/%s/%s/%d/", name, mode, i),
@@ -497,7 +549,12 @@ func driveCanaryProxy(t *testing.T, c *canarySet, idp *echoIdP, up *api, format 
 		recs = append(recs, canaryRecord{"check (broken)", "", out})
 	}
 
-	p := startProxy(t, cfg, quickExit()...)
+	var p *proc
+	if format == "json" {
+		p = startProxy(t, cfg, quickExit()...)
+	} else {
+		p = startTextProxy(t, cfg)
+	}
 	var paths []string
 	for _, e := range entries {
 		paths = append(paths, e.path)
@@ -560,6 +617,9 @@ func driveCanaryProxy(t *testing.T, c *canarySet, idp *echoIdP, up *api, format 
 
 	p.stop()
 	out := p.out.String()
+	if os.Getenv("CANARY_DUMP") != "" {
+		t.Log(out)
+	}
 	if !strings.Contains(out, "unrecognized_error") || !strings.Contains(out, "idp_description") {
 		t.Errorf("the log shows no echoed failures:\n%.3000s", out)
 	}
@@ -567,6 +627,26 @@ func driveCanaryProxy(t *testing.T, c *canarySet, idp *echoIdP, up *api, format 
 		recs = append(recs, canaryRecord{"log (" + format + ")", submatch(`oauth2"?[=:]"?([A-Za-z0-9_.-]+)`, line), line})
 	}
 	return recs
+}
+
+// startTextProxy is startProxy for log.format text.
+func startTextProxy(t *testing.T, cfg string) *proc {
+	t.Helper()
+	p := start(t, quickExit(), "run", "-config", writeConfig(t, cfg))
+	serving := regexp.MustCompile(`msg="oauthproxy serving" .*listen=(\S+) admin=(\S+)`)
+	for deadline := time.Now().Add(30 * time.Second); p.base == ""; time.Sleep(20 * time.Millisecond) {
+		select {
+		case <-p.done:
+			t.Fatalf("oauthproxy exited: %v\n%s", p.err, p.out)
+		default:
+		}
+		if m := serving.FindStringSubmatch(p.out.String()); m != nil {
+			p.base, p.admin = "http://"+m[1], "http://"+m[2]
+		} else if time.Now().After(deadline) {
+			t.Fatalf("oauthproxy did not start serving:\n%s", p.out)
+		}
+	}
+	return p
 }
 
 func submatch(re, s string) string {
@@ -605,6 +685,9 @@ func driveCanaryTokenCommand(t *testing.T, idp *echoIdP) []canaryRecord {
 				t.Run(strings.Join(args[:2], " ")+map[bool]string{true: " -show"}[show], func(t *testing.T) {
 					t.Parallel()
 					out, code := run(t, quickExit(), args...)
+					if os.Getenv("CANARY_DUMP") != "" {
+						t.Log(out)
+					}
 					success := strings.Contains(e.name, "-scope-")
 					switch {
 					case success != (code == 0):
