@@ -22,7 +22,7 @@ import (
 	"time"
 )
 
-// TestSecretCanaries (issue 6, item 1) gives every kind of secret the proxy
+// TestCanarySecrets (issue 6, item 1) gives every kind of secret the proxy
 // holds a canary of its own, and lets a token endpoint echo each one back in
 // every spelling it received it in (plain, form-, query- and path-encoded,
 // JSON-escaped, base64 in both alphabets padded and raw, base64 of id:secret
@@ -32,7 +32,7 @@ import (
 // reach the proxy's logs (JSON and text), a client's error body or headers,
 // `oauthproxy token` output (with -show, only the access token may), /tokens,
 // /readyz, /metrics, or check.
-func TestSecretCanaries(t *testing.T) {
+func TestCanarySecrets(t *testing.T) {
 	t.Parallel()
 	c := newCanarySet()
 	idp := newEchoIdP(t, c)

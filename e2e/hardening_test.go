@@ -3,7 +3,7 @@ package e2e
 // Issue 6 ("hardening, round two") through the built binary: one test per
 // defect it lists, each of which fails on the code the issue describes.
 //
-//	1. secrets in encoded forms         TestSecretCanaries (canary_test.go)
+//	1. secrets in encoded forms         TestCanarySecrets (canary_test.go)
 //	2. garbage tokens                   TestHardeningTokenGarbage
 //	3. upgrades other than WebSocket    TestHardeningUpgradeOnlyWebSocket
 //	4. check passes what run cannot     TestHardeningCheckAgreesWithRun
