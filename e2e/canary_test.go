@@ -31,7 +31,7 @@ import (
 // token_type, a Content-Type and a scope. No canary, in any spelling, may
 // reach the proxy's logs (JSON and text), a client's error body or headers,
 // `oauthproxy token` output (with -show, only the access token may), /tokens,
-// /readyz, /metrics, or check.
+// /readyz, /metrics, or check. Leaks found and not fixed yet are knownLeaks.
 func TestCanarySecrets(t *testing.T) {
 	t.Parallel()
 	c := newCanarySet()
@@ -59,7 +59,7 @@ func TestCanarySecrets(t *testing.T) {
 	if idp.wrongs() != "" {
 		t.Errorf("secrets did not reach the token endpoint as configured: %s", idp.wrongs())
 	}
-	c.scan(t, recs)
+	c.scan(t, recs, !t.Failed())
 }
 
 // canaryRecord is one piece of output: entry names the oauth2 entry it
@@ -219,9 +219,15 @@ var knownLeaks = []struct{ entries, where, why string }{
 		"the scrubber forgets an access token once it is renewed (tokencache/source.go Scrub.Set): an echo of the previous one gets past it"},
 }
 
-// scan fails for every canary spelling found in recs, but known leaks.
-func (c *canarySet) scan(t *testing.T, recs []canaryRecord) {
+// scan fails for every canary spelling found in recs, but known leaks; with
+// ratchet, also for a known leak no longer seen.
+func (c *canarySet) scan(t *testing.T, recs []canaryRecord, ratchet bool) {
 	all, noTokens := c.needles(true), c.needles(false)
+	type matcher struct{ entries, where *regexp.Regexp }
+	var ms []matcher
+	for _, k := range knownLeaks {
+		ms = append(ms, matcher{regexp.MustCompile(k.entries), regexp.MustCompile(k.where)})
+	}
 	seen := map[string]bool{}
 	known := make([]int, len(knownLeaks))
 	for _, r := range recs {
@@ -241,8 +247,8 @@ func (c *canarySet) scan(t *testing.T, recs []canaryRecord) {
 			seen[key] = true
 			lo, hi := max(0, i-80), min(len(r.text), i+len(n)+40)
 			msg := fmt.Sprintf("%s: the %s leaked (oauth2 %q): ...%s...", r.where, what, r.entry, r.text[lo:hi])
-			k := slices.IndexFunc(knownLeaks, func(k struct{ entries, where, why string }) bool {
-				return regexp.MustCompile(k.entries).MatchString(entryKind(r.entry)) && regexp.MustCompile(k.where).MatchString(r.where)
+			k := slices.IndexFunc(ms, func(m matcher) bool {
+				return m.entries.MatchString(entryKind(r.entry)) && m.where.MatchString(r.where)
 			})
 			if k < 0 {
 				t.Error(msg)
@@ -254,7 +260,7 @@ func (c *canarySet) scan(t *testing.T, recs []canaryRecord) {
 		}
 	}
 	for i, k := range knownLeaks {
-		if known[i] == 0 {
+		if ratchet && known[i] == 0 {
 			t.Errorf("the known leak of %s in %s is no longer seen: remove it from knownLeaks (%s)", k.entries, k.where, k.why)
 		}
 	}
@@ -408,8 +414,7 @@ func (e *echoIdP) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	switch {
-	case got != want:
+	if got != want {
 		e.mu.Lock()
 		e.wrong[k.name] = true
 		e.mu.Unlock()
