@@ -504,6 +504,9 @@ func testDockerBuild(t *testing.T, df *dockerfile) {
 			t.Errorf("binary built with %s=%q, want %q", k, settings[k], want)
 		}
 	}
+	if runtime.GOOS != "linux" {
+		return // the image's binary is an ELF file; this one is not
+	}
 	// Static: no program interpreter (dynamic loader) to find in distroless.
 	f, err := elf.Open(bin)
 	if err != nil {
@@ -842,14 +845,22 @@ func memBytes(t *testing.T, q string) int64 {
 func serverDuration(t *testing.T, cfg *upstreams.Config, raw map[string]any, key string) (d time.Duration, known, ok bool) {
 	t.Helper()
 	v := reflect.ValueOf(cfg.Server)
+	durType := reflect.TypeFor[time.Duration]()
 	for i := range v.NumField() {
-		if strings.Split(v.Type().Field(i).Tag.Get("yaml"), ",")[0] == key {
-			d, ok := v.Field(i).Interface().(time.Duration)
-			if !ok {
-				t.Fatalf("upstreams.Server's %s is a %s, not a duration", key, v.Field(i).Type())
-			}
-			return d, true, true
+		if strings.Split(v.Type().Field(i).Tag.Get("yaml"), ",")[0] != key {
+			continue
 		}
+		f := v.Field(i)
+		if f.Kind() == reflect.Pointer { // nil: unset, the default
+			if f.IsNil() {
+				return 0, true, true
+			}
+			f = f.Elem()
+		}
+		if !f.Type().ConvertibleTo(durType) || f.Kind() != reflect.Int64 {
+			t.Fatalf("upstreams.Server's %s is a %s, not a duration", key, f.Type())
+		}
+		return f.Convert(durType).Interface().(time.Duration), true, true
 	}
 	s, ok := raw[key].(string)
 	if !ok {
@@ -1107,7 +1118,7 @@ func TestKubernetesManifest(t *testing.T) {
 	// The pod's grace period covers the proxy's whole shutdown.
 	delay, delayKnown, _ := serverDuration(t, cfg, rawServer, "shutdown_delay")
 	timeout, timeoutKnown, ok := serverDuration(t, cfg, rawServer, "shutdown_timeout")
-	if !ok {
+	if !ok || timeout == 0 { // unset: the alias shutdown_grace's value or default
 		timeout = cfg.Server.ShutdownGrace
 	}
 	if !delayKnown || !timeoutKnown {
@@ -1238,7 +1249,7 @@ func TestSystemdUnit(t *testing.T) {
 	// Stopping waits longer than the proxy drains.
 	delay, _, _ := serverDuration(t, cfg, raw, "shutdown_delay")
 	timeout, _, ok := serverDuration(t, cfg, raw, "shutdown_timeout")
-	if !ok {
+	if !ok || timeout == 0 { // unset: the alias shutdown_grace's value or default
 		timeout = cfg.Server.ShutdownGrace
 	}
 	stop, err := time.ParseDuration(u.get("Service", "TimeoutStopSec"))
