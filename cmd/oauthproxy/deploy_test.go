@@ -962,8 +962,9 @@ func TestKubernetesManifest(t *testing.T) {
 	}
 
 	// args: run -config MOUNT/KEY, the ConfigMap's key at its mount.
+	df := loadDockerfile(t)
 	config := runConfigArg(t, proxy.Args)
-	dfCmd := execForm(t, loadDockerfile(t).stages[1].one(t, "CMD"))
+	dfCmd := execForm(t, df.stages[1].one(t, "CMD"))
 	if !slices.Equal(proxy.Args, dfCmd) {
 		t.Errorf("oauthproxy args %q, want the image's CMD %q", proxy.Args, dfCmd)
 	}
@@ -1005,7 +1006,6 @@ func TestKubernetesManifest(t *testing.T) {
 	}
 	adminPort := listenPort(t, cfg.AdminListen)
 	proxyPort := listenPort(t, cfg.Listen)
-	df := loadDockerfile(t)
 	if exposed := imagePorts(t, df); !slices.Contains(exposed, adminPort) || !slices.Contains(exposed, proxyPort) {
 		t.Errorf("the image EXPOSEs %v; the config listens on %d and %d", exposed, proxyPort, adminPort)
 	}
