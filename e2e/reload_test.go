@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -30,16 +29,10 @@ routes:
 %s`, idpA, idpB, secretFile, upA, upB, extra)
 }
 
-// metricValue reads one sample of /metrics, 0 when absent.
-func metricValue(t *testing.T, p *proc, series string) float64 {
+// sample reads one sample of /metrics, 0 when absent.
+func sample(t *testing.T, p *proc, series string) float64 {
 	t.Helper()
-	re := regexp.MustCompile("(?m)^" + regexp.QuoteMeta(series) + ` (\S+)$`)
-	m := re.FindStringSubmatch(get(t, p.admin+"/metrics").body)
-	if m == nil {
-		return 0
-	}
-	v, _ := strconv.ParseFloat(m[1], 64)
-	return v
+	return max(metricValue(get(t, p.admin+"/metrics").body, series), 0)
 }
 
 // TestReload changes the config in every way an operator does while
@@ -131,7 +124,7 @@ func TestReload(t *testing.T) {
 		}
 	}
 	reloads := func(result string) float64 {
-		return metricValue(t, p, `oauthproxy_config_reloads_total{result="`+result+`"}`)
+		return sample(t, p, `oauthproxy_config_reloads_total{result="`+result+`"}`)
 	}
 
 	// (c) the ConfigMap swap: a new timestamped directory, ..data_tmp
