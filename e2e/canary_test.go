@@ -204,20 +204,7 @@ func (c *canarySet) needles(withTokens bool) map[string]string {
 // regexp on canaryRecord.where). They are logged rather than failed so that
 // the test keeps guarding everything else, and fail once no longer seen:
 // remove an entry with the fix that closes it.
-var knownLeaks = []struct{ entries, where, why string }{
-	{`-type$`, `^(client|/tokens|/readyz)`,
-		"a token_type is repeated verbatim in `token_type %q is not Bearer` (tokencache/token.go lifetime.newToken)"},
-	{`-ctype$`, `^(client|/tokens|/readyz|log)`,
-		"a Content-Type is repeated in `the body is not a JSON token response (%s)` (tokencache/response.go describeBadBody), lowercased by mime.ParseMediaType so that even the spellings the scrubber knows (%2B) get past it"},
-	{`-scope$`, `^(/tokens|oauthproxy token)`,
-		"scopes from the token response are shown unscrubbed by /tokens (tokencache/status.go Status) and `oauthproxy token` (cmd/oauthproxy/token.go describeToken)"},
-	{`^(apikey|file)-(echo|all|type|scope)$`, `^(log|oauthproxy token)`,
-		"the scrubber never learns a client secret re-read from ${file:} after invalid_client (tokencache/clientauth.go ClientSecret.Reread), nor the values of a token_url query (upstreams/build.go Config.AddSecrets)"},
-	{`^proxy-(type|scope)$`, `^log`,
-		"the scrubber knows a proxy_url password, not the base64 of user:password sent in Proxy-Authorization (upstreams/build.go Config.AddSecrets)"},
-	{`^rotated-scope$`, `^log`,
-		"the scrubber forgets an access token once it is renewed (tokencache/source.go Scrub.Set): an echo of the previous one gets past it"},
-}
+var knownLeaks = []struct{ entries, where, why string }{}
 
 // scan fails for every canary spelling found in recs, but known leaks; with
 // ratchet, also for a known leak no longer seen.

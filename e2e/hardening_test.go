@@ -327,9 +327,9 @@ routes:
 			p := freePort(t)
 			return cfg(fmt.Sprintf("localhost:%d", p), loop(p), randomString("cs-"), "")
 		}(), "takes the same port as listen",
-			"check compares listen hosts as strings (upstreams/validate.go sameListener): localhost is 127.0.0.1, so run fails to bind"},
+			""},
 		{"aliases past the expansion limit", merge.String(), "aliases and merge keys expand the file to more than 100000 values",
-			"after the limit stops decoding, the half-decoded route is validated anyway: thousands of invented problems (empty remove_headers entries; a missing prefix, upstream and oauth2 at 1:1 with merge keys) (upstreams/decode.go, validate.go)"},
+			""},
 		{"${file:/dev/zero}", cfg("127.0.0.1:0", "127.0.0.1:0", "${file:/dev/zero}", ""), "${file:/dev/zero}: not a regular file", ""},
 		{"${file:} of a FIFO", cfg("127.0.0.1:0", "127.0.0.1:0", "${file:"+fifo+"}", ""), "not a regular file", ""},
 		{"${file:} of an 8 GiB file", cfg("127.0.0.1:0", "127.0.0.1:0", "${file:"+huge+"}", ""), "larger than 64 KiB", ""},
@@ -798,7 +798,7 @@ func TestHardeningBodyIdleTimeout(t *testing.T) {
 	}{
 		{"stalled, buffered for a retry", "/api/x", 10, 0, false, ""},
 		{"stalled, streamed", "/stream/x", 10, 0, true,
-			"the cut cancels the request's context: proxy/handler.go handleError either takes it for a client gone away and writes nothing, so net/http answers 200 OK with an empty body, or answers 504 upstream_timeout, blaming the upstream"},
+			""},
 		{"trickling, buffered", "/api/x", 100, 5 * time.Millisecond, true, ""},
 		{"trickling, streamed", "/stream/x", 100, 5 * time.Millisecond, true, ""},
 	}

@@ -23,6 +23,7 @@ const (
 	CodeForbidden           = "forbidden"
 	CodeMethodNotAllowed    = "method_not_allowed"
 	CodeBadRequest          = "bad_request"
+	CodeRequestTimeout      = "request_timeout" // the client's body stopped arriving
 )
 
 // TokenError is a failure to get a token for a request. Its message comes

@@ -18,6 +18,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -357,7 +358,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if h.bodyIdl > 0 && r.ContentLength != 0 && r.Body != http.NoBody {
-		r.Body = &idleBody{ReadCloser: r.Body, rc: http.NewResponseController(w), idle: h.bodyIdl}
+		ib := &idleBody{ReadCloser: r.Body, rc: http.NewResponseController(w), idle: h.bodyIdl}
+		r.Body = ib
+		// The error handler sees ReverseProxy's clone of r, whose body is
+		// wrapped: the context carries ib to it.
+		r = r.WithContext(context.WithValue(r.Context(), idleBodyKey{}, ib))
 	}
 	onlyWebSocket(r.Header)
 	// A response without a Content-Type keeps none: net/http would sniff
@@ -457,6 +462,16 @@ func keepTrailers(resp *http.Response) {
 }
 
 func (rt *route) handleError(w http.ResponseWriter, r *http.Request, err error) {
+	if bodyCut(r) {
+		// The client stopped sending its body: answer it (the connection
+		// still writes), whatever the cut did to the request's context.
+		msg := "the request body stopped arriving for longer than the server's body_idle_timeout"
+		record(r, rt.met, http.StatusRequestTimeout, CodeRequestTimeout, msg)
+		rt.log.Warn("request failed", "route", rt.Prefix, "oauth2", rt.OAuth2, "status", http.StatusRequestTimeout, "error", CodeRequestTimeout, "method", r.Method)
+		w.Header().Set("Connection", "close")
+		writeError(w, http.StatusRequestTimeout, CodeRequestTimeout, msg, rt.Prefix, rt.OAuth2)
+		return
+	}
 	if r.Context().Err() != nil && !isTimeout(err) {
 		record(r, rt.met, 499, "", "the client went away") // nobody to answer
 		rt.log.Debug("client went away", "route", rt.Prefix, "method", r.Method, "error", err)
@@ -517,9 +532,22 @@ type idleBody struct {
 	io.ReadCloser
 	rc   *http.ResponseController
 	idle time.Duration
+	cut  atomic.Bool // the client stopped sending: its fault, not the upstream's
 }
 
 func (b *idleBody) Read(p []byte) (int, error) {
 	b.rc.SetReadDeadline(time.Now().Add(b.idle))
-	return b.ReadCloser.Read(p)
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		b.cut.Store(true)
+	}
+	return n, err
+}
+
+type idleBodyKey struct{}
+
+// bodyCut reports whether r's body was cut by body_idle_timeout.
+func bodyCut(r *http.Request) bool {
+	b, ok := r.Context().Value(idleBodyKey{}).(*idleBody)
+	return ok && b.cut.Load()
 }

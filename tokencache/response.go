@@ -43,10 +43,17 @@ func describeBadBody(err error, ctype string) error {
 	var syn *json.SyntaxError
 	if errors.As(err, &syn) || errors.Is(err, errNotObject) {
 		mt, _, _ := mime.ParseMediaType(ctype)
-		if mt == "" {
+		switch mt {
+		case "":
 			mt = "no content type"
+		case "text/html", "text/plain", "text/xml", "application/xml", "application/json",
+			"application/x-www-form-urlencoded", "application/octet-stream", "application/problem+json":
+		default:
+			// Only well-known types are named: a server echoing what
+			// it received may put a secret there.
+			mt = "another content type"
 		}
-		return fmt.Errorf("the body is not a JSON token response (%s)", sanitize(mt, 64))
+		return fmt.Errorf("the body is not a JSON token response (%s)", mt)
 	}
 	return err
 }

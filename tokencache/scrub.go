@@ -35,12 +35,13 @@ type Scrubber struct {
 	mu     sync.Mutex
 	static map[string]bool
 	slots  map[string][]string
+	prev   map[string][]string // each slot's values before the last Set
 	r      atomic.Pointer[strings.Replacer]
 }
 
 // NewScrubber returns a Scrubber that knows secrets.
 func NewScrubber(secrets ...Secret) *Scrubber {
-	s := &Scrubber{static: map[string]bool{}, slots: map[string][]string{}}
+	s := &Scrubber{static: map[string]bool{}, slots: map[string][]string{}, prev: map[string][]string{}}
 	s.Add(secrets...)
 	return s
 }
@@ -89,8 +90,14 @@ func (s *Scrubber) Set(slot string, secrets ...Secret) {
 	if slices.Equal(s.slots[slot], vs) {
 		return
 	}
-	if len(vs) == 0 {
+	// The values before stay known one generation longer: a server may
+	// echo the token it was sent just as the next one arrives.
+	if old := s.slots[slot]; len(old) > 0 {
+		s.prev[slot] = old
+	}
+	if len(vs) == 0 { // a reset: nothing of the slot is kept
 		delete(s.slots, slot)
+		delete(s.prev, slot)
 	} else {
 		s.slots[slot] = vs
 	}
@@ -108,6 +115,15 @@ func (s *Scrubber) Scrub(text string) string {
 	return text
 }
 
+// ScrubFields scrubs a list that was one space-separated string (scopes):
+// joined again, so that a secret holding spaces is found whole.
+func (s *Scrubber) ScrubFields(fields []string) []string {
+	if s == nil || fields == nil {
+		return fields
+	}
+	return strings.Fields(s.Scrub(strings.Join(fields, " ")))
+}
+
 // rebuild makes the replacer anew; s.mu is held. Longer values go first so
 // that a secret's encoding is removed whole, not after its plain part.
 func (s *Scrubber) rebuild() {
@@ -116,6 +132,9 @@ func (s *Scrubber) rebuild() {
 		all = append(all, v)
 	}
 	for _, vs := range s.slots {
+		all = append(all, vs...)
+	}
+	for _, vs := range s.prev {
 		all = append(all, vs...)
 	}
 	slices.SortFunc(all, func(a, b string) int { return len(b) - len(a) })

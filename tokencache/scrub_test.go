@@ -44,9 +44,12 @@ func TestScrubberSlots(t *testing.T) {
 	sc := NewScrubber("static-secret")
 	sc.Set("a", "refresh-one")
 	sc.Set("a", "refresh-two")
+	sc.Set("a", "refresh-three")
 	sc.Set("b", "other-token")
-	got := sc.Scrub("static-secret refresh-one refresh-two other-token")
-	if got != "[redacted] refresh-one [redacted] [redacted]" {
+	// A slot's values and the ones just before them are removed; older
+	// ones are forgotten, so that the set stays bounded.
+	got := sc.Scrub("static-secret refresh-one refresh-two refresh-three other-token")
+	if got != "[redacted] refresh-one [redacted] [redacted] [redacted]" {
 		t.Errorf("Scrub = %q", got)
 	}
 	sc.Set("b")

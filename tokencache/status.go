@@ -112,7 +112,7 @@ func (s *Source) Status() Status {
 		st.State = StatePending
 	}
 	if usable {
-		st.TokenType, st.Scopes = t.Type, t.Scopes
+		st.TokenType, st.Scopes = t.Type, s.cfg.Scrub.ScrubFields(t.Scopes)
 		st.ExpiresAt, st.RenewAt, st.ExpiryFrom = ptr(t.Expiry), ptr(t.refreshAt), t.ExpirySource
 	}
 	return st

@@ -1,6 +1,7 @@
 package tokencache
 
 import (
+	"strconv"
 	"errors"
 	"fmt"
 	"strings"
@@ -46,7 +47,7 @@ func (l lifetime) newToken(r *response, obtained time.Time) (*Token, error) {
 		return nil, err
 	}
 	if r.TokenType != "" && !strings.EqualFold(r.TokenType, "bearer") && !l.anyType {
-		return nil, fmt.Errorf("token_type %q is not Bearer (set inject.format for another scheme)", r.TokenType)
+		return nil, fmt.Errorf("token_type %s is not Bearer (set inject.format for another scheme)", shownTokenType(r.TokenType))
 	}
 	t := &Token{
 		AccessToken: Secret(r.AccessToken),
@@ -136,4 +137,15 @@ func nameChars(s string) bool {
 		}
 	}
 	return true
+}
+
+// shownTokenType names a token_type in a message: the registered and
+// common ones as they are, anything else not at all (a server echoing
+// what it received may put a secret there).
+func shownTokenType(t string) string {
+	switch strings.ToLower(t) {
+	case "mac", "dpop", "pop", "n_a", "basic", "jwt", "token":
+		return strconv.Quote(t)
+	}
+	return "(an unregistered value, not shown)"
 }

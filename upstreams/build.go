@@ -1,6 +1,7 @@
 package upstreams
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
@@ -184,8 +185,16 @@ func sourceConfig(cfg *Config, name string, trs *transports, sts *stores, opts O
 	var reread func() (tokencache.Secret, error)
 	if o.ClientSecret.FromFile() {
 		secret, res := o.ClientSecret, cfg.res
+		id, sc := o.ClientID, opts.Scrub
 		reread = func() (tokencache.Secret, error) {
 			v, err := res.reread(secret)
+			if err == nil && v == "" {
+				// Caught between a truncate and a write: keep the old one.
+				err = errors.New("the client_secret file is empty")
+			}
+			if err == nil {
+				sc.AddClient(id, tokencache.Secret(v)) // before it is ever sent
+			}
 			return tokencache.Secret(v), err
 		}
 	}
@@ -355,10 +364,14 @@ func (c *Config) AddSecrets(sc *tokencache.Scrubber) {
 			continue
 		}
 		sc.AddClient(o.ClientID, o.ClientSecret.Secret)
+		for _, u := range []URL{o.TokenURL, o.AuthURL, o.DeviceAuthURL, o.RevokeURL} {
+			addQuery(sc, u)
+		}
+		o.ProxyURL.addSecrets(sc)
 		if o.IonAPIFile != "" { // every value of an .ionapi file is a secret
 			sc.Add(tokencache.Secret(o.ClientID), tokencache.Secret(o.Username))
 		}
-		sc.Add(o.Password.Secret, o.RefreshToken.Secret, o.ProxyURL.password())
+		sc.Add(o.Password.Secret, o.RefreshToken.Secret)
 		for _, v := range o.Params {
 			sc.Add(v.Secret)
 		}
@@ -368,7 +381,8 @@ func (c *Config) AddSecrets(sc *tokencache.Scrubber) {
 	}
 	for _, r := range c.Routes {
 		if r != nil {
-			sc.Add(r.ProxyURL.password())
+			r.ProxyURL.addSecrets(sc)
+			addQuery(sc, r.Upstream)
 		}
 	}
 	if rh := c.Inbound.RequireHeader; rh != nil {
@@ -386,3 +400,23 @@ func (c *Config) AddSecrets(sc *tokencache.Scrubber) {
 		}
 	}
 }
+
+// addQuery teaches sc the values of u's query that could be keys: an API
+// key in a token URL is a secret (messages show URLs without their query,
+// but a server may echo it). Short values (format=json, tenant=acme) are
+// left alone: scrubbing them would garble every log line.
+func addQuery(sc *tokencache.Scrubber, u URL) {
+	if u.URL == nil {
+		return
+	}
+	for _, vs := range u.Query() {
+		for _, v := range vs {
+			if len(v) >= minQuerySecret {
+				sc.Add(tokencache.Secret(v))
+			}
+		}
+	}
+}
+
+// minQuerySecret is the shortest query value taken for a key.
+const minQuerySecret = 8

@@ -50,6 +50,10 @@ func Parse(file string, data []byte, res Resolver) (*Config, error) {
 		d.value(root, reflect.ValueOf(cfg).Elem(), "")
 	}
 	cfg.res = d.res
+	if d.over {
+		// Decoding stopped half-way: what is there is no config to check.
+		return nil, d.problems.sorted()
+	}
 	for _, name := range slices.Sorted(maps.Keys(cfg.OAuth2)) {
 		if o := cfg.OAuth2[name]; o != nil {
 			d.ionapi(name, o)

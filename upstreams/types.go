@@ -177,6 +177,14 @@ func (p ProxyURL) password() tokencache.Secret {
 	return tokencache.Secret(pw)
 }
 
+// addSecrets teaches sc the proxy's password, and the Basic credentials
+// sent in Proxy-Authorization.
+func (p ProxyURL) addSecrets(sc *tokencache.Scrubber) {
+	if pw := p.password(); pw != "" {
+		sc.AddClient(p.u.User.Username(), pw)
+	}
+}
+
 // String implements fmt.Stringer without the credentials.
 func (p ProxyURL) String() string {
 	if p.u == nil {

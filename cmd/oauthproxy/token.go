@@ -60,11 +60,11 @@ func cmdToken(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "oauthproxy token %s: %s\n", name, scrub.Scrub(msg))
 		return 1
 	}
-	describeToken(stdout, name, st.TokenURL, tok, *show)
+	describeToken(stdout, name, st.TokenURL, tok, *show, scrub)
 	return 0
 }
 
-func describeToken(w io.Writer, name, tokenURL string, tok *tokencache.Token, show bool) {
+func describeToken(w io.Writer, name, tokenURL string, tok *tokencache.Token, show bool, scrub *tokencache.Scrubber) {
 	fmt.Fprintf(w, "oauth2:       %s\n", name)
 	fmt.Fprintf(w, "token_url:    %s\n", tokenURL)
 	fmt.Fprintf(w, "token_type:   %s\n", tok.Type)
@@ -72,12 +72,12 @@ func describeToken(w io.Writer, name, tokenURL string, tok *tokencache.Token, sh
 	fmt.Fprintf(w, "expires_in:   %s (at %s, from %s)\n", life, tok.Expiry.UTC().Format(time.RFC3339), tok.ExpirySource)
 	scopes := "(none returned)"
 	if len(tok.Scopes) > 0 {
-		scopes = strings.Join(tok.Scopes, " ")
+		scopes = scrub.Scrub(strings.Join(tok.Scopes, " "))
 	}
 	fmt.Fprintf(w, "scopes:       %s\n", scopes)
 	if claims, ok := tokencache.JWTClaims(tok.AccessToken.Reveal()); ok {
 		out, _ := json.MarshalIndent(claims, "  ", "  ")
-		fmt.Fprintf(w, "jwt claims (decoded, NOT verified):\n  %s\n", out)
+		fmt.Fprintf(w, "jwt claims (decoded, NOT verified):\n  %s\n", scrub.Scrub(string(out)))
 	} else {
 		fmt.Fprintf(w, "jwt claims:   none (an opaque token)\n")
 	}
