@@ -1,9 +1,9 @@
 package tokencache
 
 import (
-	"strconv"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 )

@@ -513,7 +513,9 @@ func sameListener(a, b string) bool {
 	}
 	any := func(h string) bool { return h == "" || h == "0.0.0.0" || h == "::" || h == "[::]" }
 	// localhost is 127.0.0.1 and ::1 to the resolver that binds it.
-	local := func(h string) bool { return strings.EqualFold(h, "localhost") || h == "127.0.0.1" || h == "::1" || h == "[::1]" }
+	local := func(h string) bool {
+		return strings.EqualFold(h, "localhost") || h == "127.0.0.1" || h == "::1" || h == "[::1]"
+	}
 	if strings.EqualFold(ha, "localhost") && local(hb) || strings.EqualFold(hb, "localhost") && local(ha) {
 		return true
 	}
