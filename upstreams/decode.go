@@ -66,6 +66,11 @@ func Parse(file string, data []byte, res Resolver) (*Config, error) {
 	}
 	cfg.Warnings = d.warnings.sorted()
 	cfg.Files = d.res.read()
+	// Positions served the problems; a large route table need not keep
+	// one map per route for as long as it serves.
+	for _, r := range cfg.Routes {
+		r.Pos = nil
+	}
 	return cfg, nil
 }
 

@@ -141,6 +141,7 @@ func (a *app) reload(why string) error {
 	a.handler.Swap(next.Table)
 	next.Start()
 	prev.Retire(next)
+	returnLoadMemory(cfg)
 	a.level.Set(logLevel(cfg.Log))
 	kept, fresh := 0, 0
 	for name, s := range next.Sources {
