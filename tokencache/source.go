@@ -246,7 +246,7 @@ func (s *Source) wait(ctx context.Context, force bool) (*Token, error) {
 	ctx, span := s.startWait(ctx)
 	// The fetch must not end when this caller gives up: others wait on it.
 	fctx := context.WithoutCancel(ctx)
-	led := false // this caller's function is the one that ran
+	led := false // this caller's function ran (read only once ch has answered)
 	ch := s.sf.DoChan("token", func() (any, error) { led = true; return s.fetch(fctx, false) })
 	select {
 	case r := <-ch:
