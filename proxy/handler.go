@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // TokenSource is what the proxy needs of a token cache.
@@ -75,8 +76,15 @@ type Options struct {
 	Logger *slog.Logger // nil: slog.Default()
 	Meter  metric.Meter // nil: no metrics
 	// Observe, when set, is handed the Outcome of every request once it is
-	// done: the access log and traces hang here. Nil costs nothing.
+	// done: the access log hangs here. Nil costs nothing.
 	Observe func(*Outcome)
+	// TracerProvider, when set, traces every request: a server span (the
+	// child of the client's traceparent, if any) and a client span for
+	// each attempt upstream, whose context the upstream receives in
+	// traceparent. The request's context carries the server span, so that
+	// the TokenSource can hang its own spans under it. Nil: no tracing,
+	// and the request path pays nothing for it.
+	TracerProvider trace.TracerProvider
 	// BodyIdleTimeout cuts a request whose body stops arriving for this
 	// long (a trickling client would hold a connection and an upstream
 	// request forever); 0 is none.
@@ -95,6 +103,7 @@ type Handler struct {
 	errLog   *log.Logger   // ReverseProxy's own complaints
 	bodyIdl  time.Duration
 	observer func(*Outcome)
+	tracer   trace.Tracer // nil: not traced
 
 	mu       sync.Mutex
 	routeMet map[string]*routeMetrics // by prefix: series outlive tables
@@ -105,6 +114,9 @@ func NewHandler(opts Options) (*Handler, error) {
 	h := &Handler{log: opts.Logger, bodyIdl: opts.BodyIdleTimeout, observer: opts.Observe, routeMet: map[string]*routeMetrics{}}
 	if h.log == nil {
 		h.log = slog.Default()
+	}
+	if opts.TracerProvider != nil {
+		h.tracer = opts.TracerProvider.Tracer(tracerName)
 	}
 	var err error
 	if h.met, err = newMetrics(opts.Meter); err != nil {
@@ -213,6 +225,9 @@ type route struct {
 	rp       *httputil.ReverseProxy
 	met      *routeMetrics
 	log      *slog.Logger
+	tracer   trace.Tracer // nil: not traced
+	host     string       // the upstream's server.address and server.port, for spans
+	port     int
 	location string // upstream URL prefix that rewrite_location maps back...
 	locPath  string // ...and its path-absolute form...
 	locTo    string // ...to this
@@ -253,7 +268,9 @@ func (h *Handler) newRoute(r Route, g *guard) (*route, error) {
 		inbound: g.header,
 		met:     h.routeMetrics(r.Prefix),
 		log:     h.log,
+		tracer:  h.tracer,
 	}
+	rt.host, rt.port = hostPort(r.Upstream)
 	if rt.root == "" {
 		rt.root = "/"
 	}
@@ -317,21 +334,21 @@ func (rt *route) outPath(rest string) (string, bool) {
 // ServeHTTP implements http.Handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	w, r, o := h.observe(w, r)
+	w, r, o := h.observe(w, r, start)
 	if o != nil {
 		defer func() {
 			o.Duration = time.Since(start)
-			h.observer(o)
+			h.done(o)
 		}()
 	}
 	t := h.table.Load()
 	if status, code, msg := t.guard.check(r); status != 0 {
-		h.reject(w, r, h.none, "", "", status, code, msg)
+		h.reject(w, r, start, nil, status, code, msg)
 		return
 	}
 	path, ok := targetPath(r)
 	if !ok {
-		h.reject(w, r, h.none, "", "", http.StatusBadRequest, CodeBadPath, "the request target must be a path: this is not a forward proxy")
+		h.reject(w, r, start, nil, http.StatusBadRequest, CodeBadPath, "the request target must be a path: this is not a forward proxy")
 		return
 	}
 	rt, rest := t.match(path)
@@ -339,17 +356,17 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		o.Route, o.OAuth2, o.Upstream = rt.Prefix, rt.OAuth2, rt.origin
 	}
 	if rt == nil {
-		h.reject(w, r, h.none, "", "", http.StatusNotFound, CodeNoRoute, "no route matches "+trim(path, 200))
+		h.reject(w, r, start, nil, http.StatusNotFound, CodeNoRoute, "no route matches "+trim(path, 200))
 		return
 	}
 	if _, ok := cleanPath(rest); !ok { // Rewrite builds the path; here it is only checked
-		h.reject(w, r, rt.met, rt.Prefix, rt.OAuth2, http.StatusBadRequest, CodeBadPath,
+		h.reject(w, r, start, rt, http.StatusBadRequest, CodeBadPath,
 			"the path leaves its route prefix, or holds an encoded slash, backslash, dot segment or control character")
 		return
 	}
 	if rt.MaxBody > 0 && r.ContentLength != 0 {
 		if r.ContentLength > rt.MaxBody {
-			h.reject(w, r, rt.met, rt.Prefix, rt.OAuth2, http.StatusRequestEntityTooLarge, CodeBodyTooLarge,
+			h.reject(w, r, start, rt, http.StatusRequestEntityTooLarge, CodeBodyTooLarge,
 				fmt.Sprintf("the request body is larger than this route's max_body (%d bytes)", rt.MaxBody))
 			return
 		}
@@ -373,10 +390,18 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rt.met.observe(time.Since(start).Seconds())
 }
 
-func (h *Handler) reject(w http.ResponseWriter, r *http.Request, met *routeMetrics, prefix, oauth2 string, status int, code, msg string) {
+// reject answers a request the proxy refuses before forwarding it (rt is
+// nil when no route took it), and logs it.
+func (h *Handler) reject(w http.ResponseWriter, r *http.Request, start time.Time, rt *route, status int, code, msg string) {
+	met, prefix, oauth2 := h.none, "", ""
+	if rt != nil {
+		met, prefix, oauth2 = rt.met, rt.Prefix, rt.OAuth2
+	}
 	record(r, met, status, code, msg)
-	if h.log.Enabled(r.Context(), slog.LevelDebug) {
-		h.log.Debug("request refused", "status", status, "error", code, "method", r.Method, "path", trim(r.URL.Path, 200), "remote", r.RemoteAddr)
+	if ctx := r.Context(); h.log.Enabled(ctx, slog.LevelInfo) {
+		e := event{route: prefix, oauth2: oauth2, method: r.Method, path: r.URL.Path, status: status, start: start}
+		h.log.LogAttrs(ctx, slog.LevelInfo, "request refused", e.attrs(ctx,
+			slog.String("error", code), slog.String("detail", msg), slog.String("remote", r.RemoteAddr))...)
 	}
 	writeError(w, status, code, msg, prefix, oauth2)
 }
@@ -478,6 +503,12 @@ func (rt *route) handleError(w http.ResponseWriter, r *http.Request, err error) 
 		return
 	}
 	status, code := errorStatus(err)
+	var start time.Time
+	var retried bool
+	var ae *attemptError
+	if errors.As(err, &ae) {
+		start, retried = ae.start, ae.retried
+	}
 	var msg string
 	var se StatusError
 	switch {
@@ -495,7 +526,9 @@ func (rt *route) handleError(w http.ResponseWriter, r *http.Request, err error) 
 		msg = fmt.Sprintf("upstream %s unreachable: %s", rt.origin, trim(err.Error(), 200))
 	}
 	record(r, rt.met, status, code, msg)
-	rt.log.Warn("request failed", "route", rt.Prefix, "oauth2", rt.OAuth2, "status", status, "error", code, "detail", msg, "method", r.Method)
+	e := rt.event(r, start, status)
+	rt.log.LogAttrs(r.Context(), slog.LevelWarn, "request failed", e.attrs(r.Context(),
+		slog.Bool("retried", retried), slog.String("error", code), slog.String("detail", msg))...)
 	writeError(w, status, code, msg, rt.Prefix, rt.OAuth2)
 }
 

@@ -4,12 +4,15 @@ import (
 	"context"
 	"net/http"
 	"time"
+
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Outcome is what happened to one request: filled along the way, handed
-// once to Options.Observe when the request is done (an access log, a
-// trace). It exists only when something observes it: without an observer
-// the request path allocates nothing for it.
+// once to Options.Observe when the request is done (an access log), and
+// read by the request's trace. It exists only when something observes or
+// traces requests: otherwise the request path allocates nothing for it.
 type Outcome struct {
 	Start    time.Time
 	Duration time.Duration
@@ -29,6 +32,25 @@ type Outcome struct {
 	Bytes     int64         // response body bytes written to the client
 	// Request is the request as received: its context carries the trace.
 	Request *http.Request
+
+	span trace.Span // the server span; nil when not traced
+}
+
+// TraceID is the id of the request's trace in hex, or "" when the request
+// is not traced (or not sampled: an id no backend has would mislead).
+func (o *Outcome) TraceID() string {
+	if o.Request == nil {
+		return ""
+	}
+	return traceID(o.Request.Context())
+}
+
+// traceID is the sampled trace of ctx in hex, or "".
+func traceID(ctx context.Context) string {
+	if sc := trace.SpanContextFromContext(ctx); sc.IsSampled() {
+		return sc.TraceID().String()
+	}
+	return ""
 }
 
 type outcomeKey struct{}
@@ -39,15 +61,36 @@ func outcomeOf(ctx context.Context) *Outcome {
 	return o
 }
 
-// observe starts an Outcome for r when the handler has an observer.
-func (h *Handler) observe(w http.ResponseWriter, r *http.Request) (http.ResponseWriter, *http.Request, *Outcome) {
-	if h.observer == nil {
+// traceContext reads and writes W3C traceparent/tracestate headers.
+var traceContext propagation.TraceContext
+
+// observe starts an Outcome for r when the handler has an observer or a
+// tracer, and the request's server span when it has a tracer: a child of
+// the client's traceparent, if it sent one.
+func (h *Handler) observe(w http.ResponseWriter, r *http.Request, start time.Time) (http.ResponseWriter, *http.Request, *Outcome) {
+	if h.observer == nil && h.tracer == nil {
 		return w, r, nil
 	}
-	o := &Outcome{Start: time.Now(), Method: r.Method, Path: r.URL.Path, Query: r.URL.RawQuery}
-	r = r.WithContext(context.WithValue(r.Context(), outcomeKey{}, o))
+	o := &Outcome{Start: start, Method: r.Method, Path: r.URL.Path, Query: r.URL.RawQuery}
+	ctx := r.Context()
+	if h.tracer != nil {
+		ctx, o.span = h.tracer.Start(traceContext.Extract(ctx, propagation.HeaderCarrier(r.Header)), r.Method,
+			trace.WithSpanKind(trace.SpanKindServer), trace.WithTimestamp(o.Start),
+			trace.WithAttributes(attrMethod.String(r.Method), attrPath.String(trim(r.URL.Path, maxLoggedPath))))
+	}
+	r = r.WithContext(context.WithValue(ctx, outcomeKey{}, o))
 	o.Request = r
 	return &countingWriter{ResponseWriter: w, o: o}, r, o
+}
+
+// done ends the request's span and hands its Outcome to the observer.
+func (h *Handler) done(o *Outcome) {
+	if o.span != nil {
+		endServerSpan(o)
+	}
+	if h.observer != nil {
+		h.observer(o)
+	}
 }
 
 // record counts a request's status, once, and notes it in its Outcome:

@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -61,21 +62,26 @@ func NewTransport(o TransportOptions) *http.Transport {
 // request once more with a fresh one. The request it is given is the
 // ReverseProxy's own outgoing copy, which nothing else uses, so setting
 // its header is safe.
+//
+// It logs what ops must see by default: a retry, a rejected token it could
+// not retry, an upstream 5xx. Its errors carry what the error handler
+// logs them with (attemptError).
 type authTransport struct{ rt *route }
 
 func (t authTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	rt := t.rt
+	start := time.Now()
 	o := outcomeOf(req.Context())
 	tok, err := rt.token(req, o)
 	if err != nil {
 		closeBody(req)
-		return nil, &TokenError{Err: err}
+		return rt.answered(req, start, nil, &TokenError{Err: err}, false, "")
 	}
 	canRetry := len(rt.RetryOn) > 0
 	var body *replay
 	if canRetry && req.Body != nil && req.Body != http.NoBody {
 		if body, err = bufferBody(req, rt.RetryBodyLimit); err != nil {
-			return nil, &bodyError{err}
+			return rt.answered(req, start, nil, &bodyError{err}, false, "")
 		}
 		canRetry = body != nil
 	}
@@ -83,37 +89,35 @@ func (t authTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil {
 		closeBody(req)
 		body.done()
-		return nil, err
+		return rt.answered(req, start, nil, err, false, "")
 	}
 	req.Header[rt.header] = cred
-	resp, err := rt.Transport.RoundTrip(req)
+	resp, err := rt.send(req, 0)
 	if err != nil || !slices.Contains(rt.RetryOn, resp.StatusCode) {
 		body.done()
-		return resp, err
+		return rt.answered(req, start, resp, err, false, "")
 	}
 
 	// The upstream rejected the token.
 	rt.Tokens.Invalidate(tok)
 	if !canRetry {
-		rt.log.Info("upstream rejected the token; not retrying: the body is larger than retry_body_limit",
-			"status", resp.StatusCode, "retry_body_limit", rt.RetryBodyLimit)
-		return resp, nil
+		return rt.answered(req, start, resp, nil, false, "the request body is larger than retry_body_limit")
 	}
 	fresh, err := rt.token(req, o)
 	if err != nil {
 		body.done()
 		resp.Body.Close()
-		return nil, &TokenError{Err: err}
+		return rt.answered(req, start, nil, &TokenError{Err: err}, false, "")
 	}
 	if fresh == tok { // renewal refused (rate limit): the same token would fail the same way
 		body.done()
-		return resp, nil
+		return rt.answered(req, start, resp, nil, false, "the token was renewed moments ago (force_interval)")
 	}
 	cred, err = rt.credential(fresh)
 	if err != nil {
 		body.done()
 		resp.Body.Close()
-		return nil, err
+		return rt.answered(req, start, nil, err, false, "")
 	}
 	drain(resp.Body)
 	again := req.Clone(req.Context())
@@ -125,10 +129,46 @@ func (t authTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if o != nil {
 		o.Retried = true
 	}
-	resp, err = rt.Transport.RoundTrip(again)
+	resp, err = rt.send(again, 1)
 	body.done()
-	return resp, err
+	return rt.answered(again, start, resp, err, true, "")
 }
+
+// answered finishes a RoundTrip: an error goes to the error handler, which
+// logs it; a response that ops must see (a retry, a rejection not
+// retried, a 5xx) gets one log line here.
+func (rt *route) answered(req *http.Request, start time.Time, resp *http.Response, err error, retried bool, notRetried string) (*http.Response, error) {
+	if err != nil {
+		return nil, &attemptError{err: err, start: start, retried: retried}
+	}
+	var msg string
+	level := slog.LevelInfo
+	switch {
+	case notRetried != "":
+		msg = "upstream rejected the token; not retried: " + notRetried
+	case retried:
+		msg = "upstream rejected the token; retried with a fresh one"
+	case resp.StatusCode >= 500:
+		msg, level = "upstream error", slog.LevelWarn
+	default:
+		return resp, nil
+	}
+	if ctx := req.Context(); rt.log.Enabled(ctx, level) {
+		e := rt.event(req, start, resp.StatusCode)
+		rt.log.LogAttrs(ctx, level, msg, e.attrs(ctx, slog.Bool("retried", retried))...)
+	}
+	return resp, nil
+}
+
+// attemptError is a failed RoundTrip, with what its log line needs.
+type attemptError struct {
+	err     error
+	start   time.Time
+	retried bool
+}
+
+func (e *attemptError) Error() string { return e.err.Error() }
+func (e *attemptError) Unwrap() error { return e.err }
 
 // token asks the route's token source, timing the wait when observed.
 func (rt *route) token(req *http.Request, o *Outcome) (string, error) {

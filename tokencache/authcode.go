@@ -119,16 +119,19 @@ type SignedIn struct {
 // code exchange, or a device code's), stores the refresh token that comes
 // back before anything else, and caches the access token. An answer
 // without a refresh token still gives a token, until it expires.
-func (s *Source) SignIn(ctx context.Context, grant Form) (SignedIn, error) {
+func (s *Source) SignIn(ctx context.Context, grant Form) (_ SignedIn, err error) {
 	s.signMu.Lock()
 	defer s.signMu.Unlock()
+	ctx, span := s.startFetch(ctx, "oauth2 sign-in")
+	defer func() { endSpan(span, err) }()
 	start := s.now()
 	tok, r, err := s.request(ctx, grant, start, true)
+	d := s.now().Sub(start)
 	if err != nil {
-		s.met.record(err, s.now().Sub(start))
+		s.met.record(err, d)
 		return SignedIn{}, err
 	}
-	s.met.record(nil, s.now().Sub(start))
+	s.met.record(nil, d)
 	subject := subjectOf(r.IDToken, tok.value)
 	s.mu.Lock()
 	s.rec.Subject = subject
@@ -140,7 +143,7 @@ func (s *Source) SignIn(ctx context.Context, grant Form) (SignedIn, error) {
 	} else {
 		s.log.Warn("the sign-in gave no refresh token: the token works until it expires, then sign-in is required again (ask for offline_access, or see docs/grants.md)")
 	}
-	s.succeeded(tok)
+	s.succeeded(tok, s.logAttrs(ctx, d)...)
 	s.log.Info("signed in", "subject", subject, "refresh_token_stored", r.RefreshToken != "")
 	return SignedIn{Subject: subject, Expiry: tok.Expiry, Scopes: tok.Scopes, RefreshToken: r.RefreshToken != ""}, nil
 }

@@ -12,6 +12,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"go.opentelemetry.io/otel/propagation"
 )
 
 // Param is one request parameter. Its value is a Secret because some are
@@ -193,6 +195,8 @@ func (c *Client) Send(ctx context.Context, req Request) (*Answer, error) {
 		hreq.Header.Set("Content-Type", ctype)
 	}
 	hreq.Header.Set("Accept", "application/json")
+	// The token endpoint joins the fetch's trace (W3C Trace Context).
+	traceContext.Inject(ctx, propagation.HeaderCarrier(hreq.Header))
 
 	timedOut := func(status int) *Error {
 		e := fail(status, context.DeadlineExceeded)

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/singleflight"
 )
 
@@ -68,6 +69,11 @@ type Config struct {
 	// so that no log line can hold them.
 	Scrub *Scrubber
 	Now   func() time.Time
+	// TracerProvider traces token fetches that no traced request started
+	// (start-up, background renewals) as root spans. Nil is
+	// OpenTelemetry's global provider, a no-op unless the process set
+	// one. A fetch that a traced request started uses the request's.
+	TracerProvider trace.TracerProvider
 }
 
 // Source obtains, caches and renews the tokens of one oauth2 entry. It is
@@ -237,34 +243,50 @@ func (s *Source) wait(ctx context.Context, force bool) (*Token, error) {
 			return nil, err
 		}
 	}
+	ctx, span := s.startWait(ctx)
 	// The fetch must not end when this caller gives up: others wait on it.
 	fctx := context.WithoutCancel(ctx)
-	ch := s.sf.DoChan("token", func() (any, error) { return s.fetch(fctx, false) })
+	led := false // this caller's function ran (read only once ch has answered)
+	ch := s.sf.DoChan("token", func() (any, error) { led = true; return s.fetch(fctx, false) })
 	select {
 	case r := <-ch:
+		f, _ := r.Val.(fetched)
+		endWait(span, !led, f.span, r.Err)
 		if r.Err != nil {
 			return nil, r.Err
 		}
-		return r.Val.(*Token), nil
+		return f.tok, nil
 	case <-ctx.Done():
+		if span != nil { // whether it led is not known yet: no link
+			endSpan(span, ctx.Err())
+		}
 		return nil, ctx.Err()
 	}
 }
 
-// fetch obtains a token and caches it. Only one runs at a time (single flight).
-// bg marks the background renewal.
-func (s *Source) fetch(ctx context.Context, bg bool) (*Token, error) {
+// fetched is what the single flight hands its waiters: the token and the
+// fetch's span, which the waiters that did not start it link to.
+type fetched struct {
+	tok  *Token
+	span trace.SpanContext
+}
+
+// fetch obtains a token and caches it. Only one runs at a time (single
+// flight). Its span is a child of ctx's: the traced request that started
+// it, or a root for the background loop. bg marks the background renewal.
+func (s *Source) fetch(ctx context.Context, bg bool) (fetched, error) {
 	if pause := s.sched.pause(s.now()); pause > 0 {
 		t := time.NewTimer(pause)
 		select {
 		case <-t.C:
 		case <-s.stop:
 			t.Stop()
-			return nil, errors.New("token source closed")
+			return fetched{}, errors.New("token source closed")
 		}
 	}
 	s.renewing.Store(true)
 	defer s.renewing.Store(false)
+	ctx, span := s.startFetch(ctx, "oauth2 token fetch")
 	start := s.now()
 	s.sched.attempt(start)
 	var tok *Token
@@ -274,16 +296,19 @@ func (s *Source) fetch(ctx context.Context, bg bool) (*Token, error) {
 	} else {
 		tok, err = s.obtain(ctx, start)
 	}
+	d := s.now().Sub(start)
 	var lr *LoginRequiredError
 	if !errors.As(err, &lr) { // waiting for a person is not a token request
-		s.met.record(err, s.now().Sub(start))
+		s.met.record(err, d)
 	}
+	endSpan(span, err)
+	f := fetched{tok: tok, span: span.SpanContext()}
 	if err != nil {
-		s.failed(err)
-		return nil, err
+		s.failed(err, s.logAttrs(ctx, d)...)
+		return f, err
 	}
-	s.succeeded(tok)
-	return tok, nil
+	s.succeeded(tok, s.logAttrs(ctx, d)...)
+	return f, nil
 }
 
 // obtain renews with the stored refresh token when there is one, and
@@ -459,7 +484,8 @@ func (s *Source) keep(ctx context.Context, rt Secret, tok *Token) error {
 	return err
 }
 
-func (s *Source) succeeded(t *Token) {
+// succeeded caches t and logs it, with extra key-value pairs.
+func (s *Source) succeeded(t *Token, extra ...any) {
 	now := s.now()
 	recovered := s.sched.succeeded(now)
 	s.cache.set(t)
@@ -473,6 +499,7 @@ func (s *Source) succeeded(t *Token) {
 	if len(t.Scopes) > 0 {
 		attrs = append(attrs, "scopes", strings.Join(t.Scopes, " "))
 	}
+	attrs = append(attrs, extra...)
 	if recovered {
 		s.log.Info("token endpoint recovered; token obtained", attrs...)
 	} else {
@@ -481,7 +508,9 @@ func (s *Source) succeeded(t *Token) {
 	s.poke()
 }
 
-func (s *Source) failed(err error) {
+// failed schedules the next attempt after err and logs it, with extra
+// key-value pairs.
+func (s *Source) failed(err error, extra ...any) {
 	now := s.now()
 	d, n := s.sched.failed(err, now)
 	var lr *LoginRequiredError
@@ -503,6 +532,7 @@ func (s *Source) failed(err error) {
 	if t := s.cache.usable(now); t != nil {
 		attrs = append(attrs, "cached_token_valid_for", t.usableUntil.Sub(now).Round(time.Second).String())
 	}
+	attrs = append(attrs, extra...)
 	s.log.Warn("token request failed", attrs...)
 	s.poke()
 }

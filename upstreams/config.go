@@ -46,7 +46,12 @@ type Config struct {
 type Log struct {
 	Level  LogLevel  `yaml:"level"`  // debug | info | warn | error (default info)
 	Format LogFormat `yaml:"format"` // json | text (default json)
-	Pos    Positions `yaml:"-"`
+	// Access logs one line per request (route, method, path, status,
+	// bytes, duration_ms, upstream, retried, token_wait_ms, trace_id)
+	// through a buffer flushed every second; AccessQuery adds the query.
+	Access      bool      `yaml:"access"`
+	AccessQuery bool      `yaml:"access_query"`
+	Pos         Positions `yaml:"-"`
 }
 
 // Inbound says who may use the proxy port. On loopback none of it is

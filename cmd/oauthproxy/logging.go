@@ -3,7 +3,9 @@ package main
 import (
 	"io"
 	"log/slog"
+	"os"
 
+	"github.com/oauthproxy/oauthproxy/proxy"
 	"github.com/oauthproxy/oauthproxy/tokencache"
 	"github.com/oauthproxy/oauthproxy/upstreams"
 )
@@ -48,4 +50,24 @@ func newLeveledLogger(w io.Writer, cfg upstreams.Log, scrub *tokencache.Scrubber
 		return slog.New(slog.NewTextHandler(w, opts))
 	}
 	return slog.New(slog.NewJSONHandler(w, opts))
+}
+
+// newAccessLog starts the access log of log.access on w (nil: stderr): one
+// line per request, in the process log's format and with its redaction,
+// whatever log.level says. It returns the handler's observer, nil when
+// the access log is off so that requests pay nothing for it, and a func
+// that flushes what is buffered, which the caller runs at exit.
+func newAccessLog(w io.Writer, cfg upstreams.Log, scrub *tokencache.Scrubber) (observe func(*proxy.Outcome), flush func()) {
+	if !cfg.Access {
+		return nil, func() {}
+	}
+	if w == nil {
+		w = os.Stderr
+	}
+	lines := upstreams.Log{Level: "info", Format: cfg.Format}
+	acc := proxy.NewAccessLog(w, proxy.AccessLogOptions{
+		Query:   cfg.AccessQuery,
+		Handler: func(w io.Writer) slog.Handler { return newLogger(w, lines, scrub).Handler() },
+	})
+	return acc.Observe, func() { acc.Close() }
 }

@@ -34,7 +34,7 @@ func cmdRun(args []string, stderr io.Writer) int {
 	log := newLeveledLogger(stderr, cfg.Log, scrub, level)
 	ctx, stop := stopOnSignal(log)
 	defer stop()
-	if err := serve(ctx, cfg, log, scrub, serveOptions{level: level, reload: true}); err != nil {
+	if err := serve(ctx, cfg, log, scrub, serveOptions{level: level, reload: true, logOut: stderr}); err != nil {
 		log.Error("oauthproxy failed", "error", err)
 		return 1
 	}
@@ -67,6 +67,8 @@ type serveOptions struct {
 	level *slog.LevelVar
 	// reload enables SIGHUP and the file watcher (a config from a file).
 	reload bool
+	// logOut is where the log goes, and the access log; nil: stderr.
+	logOut io.Writer
 }
 
 // app is what a running oauthproxy holds: the runtime in service, and the
@@ -112,7 +114,7 @@ func serve(ctx context.Context, cfg *upstreams.Config, log *slog.Logger, scrub *
 	}
 	a := &app{log: log, level: opts.level, scrub: scrub}
 	var err error
-	if a.tel, err = newTelemetry(metricLimit(cfg)); err != nil {
+	if a.tel, err = newTelemetry(metricLimit(cfg), log); err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
 	defer a.tel.shutdown()
@@ -125,7 +127,10 @@ func serve(ctx context.Context, cfg *upstreams.Config, log *slog.Logger, scrub *
 	if a.cache, err = newCacheMetrics(a.tel.meter); err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
-	if a.handler, err = proxy.NewHandler(proxy.Options{Logger: log, Meter: a.tel.meter, BodyIdleTimeout: cfg.Server.BodyIdleTimeout}); err != nil {
+	observe, flushAccess := newAccessLog(opts.logOut, cfg.Log, scrub)
+	defer flushAccess() // after the drain: the last requests' lines too
+	if a.handler, err = proxy.NewHandler(proxy.Options{Logger: log, Meter: a.tel.meter, BodyIdleTimeout: cfg.Server.BodyIdleTimeout,
+		Observe: observe, TracerProvider: a.tel.tracerProvider()}); err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
 	rt, err := a.build(cfg, nil)
