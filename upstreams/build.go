@@ -349,4 +349,7 @@ func (c *Config) AddSecrets(sc *tokencache.Scrubber) {
 	if rh := c.Inbound.RequireHeader; rh != nil {
 		sc.Add(rh.Value.Secret)
 	}
+	if a := c.AdminAuth; a != nil {
+		sc.Add(a.Password.Secret)
+	}
 }
