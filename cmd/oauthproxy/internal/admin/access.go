@@ -33,7 +33,7 @@ import (
 // listener never approves. A cookie (double submit) would add nothing to
 // that and would need SameSite and Secure care; the admin has no
 // sessions for a per-session token to belong to. A restart draws a new
-// token; a page open across one reloads itself on a 403 (app.js).
+// token: a page open across one is told (403) to reload.
 //
 // A request with neither Origin nor Sec-Fetch-Site is a script (curl,
 // `oauthproxy revoke`), which no web page can make a browser send; it

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -89,7 +90,7 @@ routes:
 	if err != nil {
 		t.Fatal(err)
 	}
-	rt, err := upstreams.Build(cfg, nil, upstreams.Options{})
+	rt, err := upstreams.Build(cfg, nil, upstreams.Options{Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -384,5 +385,53 @@ func TestRoutesAndStatus(t *testing.T) {
 	w = f.do("GET", "/routes")
 	if !strings.Contains(w.Body.String(), `"counts": false`) || strings.Contains(w.Body.String(), `"requests"`) {
 		t.Errorf("/routes without metrics = %s, want counts false and no numbers", w.Body)
+	}
+}
+
+func TestDeviceSignIn(t *testing.T) {
+	f := newFixture(t, true, "")
+	yaml := fmt.Sprintf(`listen: 127.0.0.1:0
+admin_listen: 127.0.0.1:0
+oauth2:
+  dev:
+    grant_type: device_code
+    device_auth_url: %[1]s/device
+    token_url: %[1]s/token
+    client_id: sidecar
+    client_auth: none
+routes:
+  - prefix: /api/
+    upstream: %[1]s/
+    oauth2: dev
+`, f.idp.URL)
+	cfg, err := upstreams.Parse("test.yaml", []byte(yaml), upstreams.Resolver{Getenv: func(string) (string, bool) { return "", false }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt, err := upstreams.Build(cfg, nil, upstreams.Options{Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(rt.Close)
+	f.h = New(Options{Runtime: func() *upstreams.Runtime { return rt }, Serving: &atomic.Bool{}, Loopback: true})
+	tests := []struct {
+		name, method string
+		hdr          []string
+		want         int
+		body         string
+	}{
+		{"the page's Sign in", "POST", []string{"Origin", "http://127.0.0.1:9090", "Sec-Fetch-Site", "same-origin", csrfHeader, f.h.csrf, "Accept", "application/json"}, 202, `"device_code": "started"`},
+		{"a script", "POST", nil, 200, "Device sign-in started"},
+		{"a typed URL", "GET", []string{"Sec-Fetch-Site", "none"}, 200, "Device sign-in started"},
+		{"another site's link", "GET", []string{"Sec-Fetch-Site", "cross-site"}, 403, "not from another site"},
+		{"another site's POST", "POST", []string{"Origin", "http://evil.example", "Sec-Fetch-Site", "cross-site"}, 403, "cross-origin"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			w := f.do(tc.method, "/oauth2/dev/login", tc.hdr...)
+			if w.Code != tc.want || !strings.Contains(w.Body.String(), tc.body) {
+				t.Errorf("%s /oauth2/dev/login = %d %s, want %d with %q", tc.method, w.Code, w.Body, tc.want, tc.body)
+			}
+		})
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"path"
 	"strconv"
+	"strings"
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
@@ -250,6 +251,5 @@ func (rc *recorder) WriteHeader(code int)        { rc.code = code }
 // wantsJSON reports whether the client asked for JSON (the page's
 // fetches) rather than a page (a browser following a link).
 func wantsJSON(r *http.Request) bool {
-	mt := r.Header.Get("Accept")
-	return len(mt) >= 16 && mt[:16] == "application/json"
+	return strings.HasPrefix(r.Header.Get("Accept"), "application/json")
 }

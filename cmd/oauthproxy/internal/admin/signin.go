@@ -110,6 +110,13 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request) {
 		}
 		http.Redirect(w, r, a.URL, http.StatusFound)
 	case *tokencache.DeviceCode:
+		// A new code is a change: from a GET only on a person's own
+		// navigation (a typed URL, a link of this origin), never on
+		// another site's link or image.
+		if s := r.Header.Get("Sec-Fetch-Site"); r.Method == http.MethodGet && s != "" && s != "same-origin" && s != "none" {
+			page(w, http.StatusForbidden, "Not started", "A device sign-in starts from the admin page, a typed URL or oauthproxy login, not from another site.")
+			return
+		}
 		g.Restart()
 		if wantsJSON(r) { // the admin page's Sign in
 			writeJSON(w, http.StatusAccepted, map[string]any{"oauth2": name, "device_code": "started"})
