@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/chromedp/cdproto/network"
-	"github.com/chromedp/cdproto/page"
+	cdppage "github.com/chromedp/cdproto/page"
 	"github.com/chromedp/chromedp"
 )
 
@@ -36,8 +36,8 @@ func chromium(t *testing.T) string {
 	return path
 }
 
-// browser is a headless Chromium tab with everything it saw recorded.
-type browser struct {
+// chromeTab is a headless Chromium tab with everything it saw recorded.
+type chromeTab struct {
 	ctx      context.Context
 	mu       sync.Mutex
 	console  []chromedp.ConsoleMessage
@@ -45,7 +45,7 @@ type browser struct {
 	dialogs  []string
 }
 
-func newBrowser(t *testing.T) *browser {
+func newChromeTab(t *testing.T) *chromeTab {
 	t.Helper()
 	exe := chromium(t)
 	alloc, cancelAlloc := chromedp.NewExecAllocator(context.Background(),
@@ -64,14 +64,14 @@ func newBrowser(t *testing.T) *browser {
 	ctx, cancelCtx := chromedp.NewContext(alloc)
 	ctx, cancelTimeout := context.WithTimeout(ctx, 90*time.Second)
 	t.Cleanup(func() { cancelTimeout(); cancelCtx(); cancelAlloc() })
-	b := &browser{ctx: ctx}
+	b := &chromeTab{ctx: ctx}
 	if err := chromedp.Do(ctx); err != nil { // starts the browser
 		t.Fatalf("starting chromium: %v", err)
 	}
 	// Subscribe before the first navigation, so that nothing is missed.
 	console := chromedp.Console(ctx)
 	requests := chromedp.Events(ctx, network.RequestWillBeSent)
-	dialogs := chromedp.Events(ctx, page.JavascriptDialogOpening)
+	dialogs := chromedp.Events(ctx, cdppage.JavascriptDialogOpening)
 	go func() {
 		for m, err := range console {
 			if err != nil {
@@ -101,12 +101,12 @@ func newBrowser(t *testing.T) *browser {
 			b.dialogs = append(b.dialogs, string(ev.Type)+": "+ev.Message)
 			b.mu.Unlock()
 			// Accept, as a person confirming Revoke would.
-			chromedp.Call(ctx, page.HandleJavaScriptDialog, page.HandleJavaScriptDialogParams{Accept: true})
+			chromedp.Call(ctx, cdppage.HandleJavaScriptDialog, cdppage.HandleJavaScriptDialogParams{Accept: true})
 		}
 	}()
 	// Record CSP violations the page itself sees (the console reports
 	// them too; this does not depend on how).
-	_, err := chromedp.Call(ctx, page.AddScriptToEvaluateOnNewDocument, page.AddScriptToEvaluateOnNewDocumentParams{
+	_, err := chromedp.Call(ctx, cdppage.AddScriptToEvaluateOnNewDocument, cdppage.AddScriptToEvaluateOnNewDocumentParams{
 		Source: `window.__csp = []; document.addEventListener("securitypolicyviolation", e => window.__csp.push(e.violatedDirective + " " + e.blockedURI));`,
 	})
 	if err != nil {
@@ -115,14 +115,14 @@ func newBrowser(t *testing.T) *browser {
 	return b
 }
 
-func (b *browser) do(t *testing.T, what string, steps ...chromedp.Action[chromedp.Void]) {
+func (b *chromeTab) do(t *testing.T, what string, steps ...chromedp.Action[chromedp.Void]) {
 	t.Helper()
 	if err := chromedp.Do(b.ctx, steps...); err != nil {
 		t.Fatalf("%s: %v", what, err)
 	}
 }
 
-func (b *browser) eval(t *testing.T, js string) string {
+func (b *chromeTab) eval(t *testing.T, js string) string {
 	t.Helper()
 	s, err := chromedp.Run(b.ctx, chromedp.Evaluate[string](js))
 	if err != nil {
@@ -132,7 +132,7 @@ func (b *browser) eval(t *testing.T, js string) string {
 }
 
 // waitFor polls a JavaScript predicate in the page until it holds.
-func (b *browser) waitFor(t *testing.T, what, js string) {
+func (b *chromeTab) waitFor(t *testing.T, what, js string) {
 	t.Helper()
 	if _, err := chromedp.Run(b.ctx, chromedp.Poll[chromedp.Void](js, chromedp.WithPollingInterval(50*time.Millisecond), chromedp.WithPollingTimeout(20*time.Second))); err != nil {
 		t.Fatalf("waiting until %s: %v\npage text:\n%s", what, err, b.eval(t, `document.body.innerText`))
@@ -146,7 +146,7 @@ func (b *browser) waitFor(t *testing.T, what, js string) {
 // first and reaches the revocation endpoint, and the page talks to no
 // other origin.
 func TestAdminPageInBrowser(t *testing.T) {
-	b := newBrowser(t)
+	b := newChromeTab(t)
 	const markup = `<img src=x onerror=alert(1)>`
 	idp := newTokenServer(t, nil)
 	idp.reply = func(n int64, req tokenRequest) (int, map[string]string, string) {

@@ -87,7 +87,7 @@ func TestCheckMatchesGolden(t *testing.T) {
 
 func TestCheckExample(t *testing.T) {
 	out, code := run(t, nil, "check", "-config", "../config.example.yaml")
-	if code != 0 || !strings.Contains(out, "ok: 3 routes, 3 oauth2 entries (corp, infor-m3, legacy)") {
+	if code != 0 || !strings.Contains(out, "ok: 5 routes, 5 oauth2 entries (corp, infor-m3, legacy, sidecar-login, user-delegated)") {
 		t.Errorf("exit %d:\n%s", code, out)
 	}
 	out, code = run(t, []string{"OAUTHPROXY_CONFIG=../config.example.yaml"}, "check")

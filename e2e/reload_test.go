@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -30,16 +29,10 @@ routes:
 %s`, idpA, idpB, secretFile, upA, upB, extra)
 }
 
-// metricValue reads one sample of /metrics, 0 when absent.
-func metricValue(t *testing.T, p *proc, series string) float64 {
+// sample reads one sample of /metrics, 0 when absent.
+func sample(t *testing.T, p *proc, series string) float64 {
 	t.Helper()
-	re := regexp.MustCompile("(?m)^" + regexp.QuoteMeta(series) + ` (\S+)$`)
-	m := re.FindStringSubmatch(get(t, p.admin+"/metrics").body)
-	if m == nil {
-		return 0
-	}
-	v, _ := strconv.ParseFloat(m[1], 64)
-	return v
+	return max(metricValue(get(t, p.admin+"/metrics").body, series), 0)
 }
 
 // TestReload changes the config in every way an operator does while
@@ -131,7 +124,7 @@ func TestReload(t *testing.T) {
 		}
 	}
 	reloads := func(result string) float64 {
-		return metricValue(t, p, `oauthproxy_config_reloads_total{result="`+result+`"}`)
+		return sample(t, p, `oauthproxy_config_reloads_total{result="`+result+`"}`)
 	}
 
 	// (c) the ConfigMap swap: a new timestamped directory, ..data_tmp
@@ -250,5 +243,27 @@ func TestSecondSignalExits(t *testing.T) {
 	}
 	if d := time.Since(start); d > 2*time.Second {
 		t.Errorf("the second signal took %v to end the process", d)
+	}
+}
+
+// TestRevokeOnShutdown: an entry with revoke_on_shutdown revokes its
+// access token when the proxy stops.
+func TestRevokeOnShutdown(t *testing.T) {
+	idp := newTokenServer(t, nil)
+	up := newAPI(t, idp.verify)
+	p := startProxy(t, config(up.URL, "    token_url: "+idp.URL+"/t\n    client_id: a\n    client_secret: s\n    revoke_url: "+idp.URL+"/revoke\n    revoke_on_shutdown: true"))
+	if r := get(t, p.base+"/api/x"); r.status != 200 {
+		t.Fatalf("%d %s", r.status, r.body)
+	}
+	tok := up.last(t).token
+	p.stop()
+	var revoked bool
+	for _, r := range idp.requests() {
+		if r.params["token"] == tok && r.params["token_type_hint"] == "access_token" && r.basicUser == "a" {
+			revoked = true
+		}
+	}
+	if !revoked {
+		t.Errorf("the access token was not revoked at shutdown: %d requests to the IdP", len(idp.requests()))
 	}
 }

@@ -238,7 +238,7 @@ func (g *DeviceCode) poll(s *Source) {
 			}
 			g.mu.Unlock()
 			s.log.Warn("the device code was refused; sign in again to start a new one", "error", te.Error())
-			s.failed(&LoginRequiredError{OAuth2: s.name, Reason: g.deniedReason()})
+			s.failed(&LoginRequiredError{OAuth2: s.name, LoginURL: s.cfg.LoginURL, Reason: g.deniedReason()})
 			return
 		default: // a transient failure: keep polling, a little slower
 			s.log.Warn("polling for the device code's token failed; trying again", "error", err.Error())
@@ -263,9 +263,12 @@ func (g *DeviceCode) expired(s *Source) {
 	g.expiries++
 	wait := min(time.Duration(1<<min(g.expiries-1, 6))*time.Minute/2, 30*time.Minute)
 	g.nextCode = s.now().Add(wait)
+	next := g.nextCode
 	g.mu.Unlock()
 	s.log.Warn("the device code expired before anyone signed in; a new one follows", "in", wait.String())
-	s.poke()
+	// Say so at once: /tokens and 503s must not name the dead code.
+	s.failed(&LoginRequiredError{OAuth2: s.name, LoginURL: s.cfg.LoginURL,
+		Reason: "the device code expired; a new one at " + next.UTC().Format(time.RFC3339)})
 }
 
 // String keeps the device code out of anything that prints the grant.

@@ -56,9 +56,16 @@ func (s *Source) Revoke(ctx context.Context, force bool) (Revoked, error) {
 		s.mu.Unlock()
 	}
 	if cur != nil {
-		if err := s.revoke(ctx, cur.AccessToken, "access_token"); err != nil && !force {
+		// A refusal keeps the token, whatever its code (unsupported_token_type
+		// included: a JWT the server cannot revoke); -force drops it.
+		err := s.revoke(ctx, cur.AccessToken, "access_token")
+		switch {
+		case err != nil && !force:
+			if done.RefreshToken {
+				return done, fmt.Errorf("the refresh token was revoked and deleted, but %w", err)
+			}
 			return done, err
-		} else if err != nil {
+		case err != nil:
 			errs = append(errs, err)
 		}
 		s.cache.clear()

@@ -174,7 +174,6 @@ func TestDeviceCodeApproved(t *testing.T) {
 		if !errors.As(err, &lr) || lr.Device == nil {
 			t.Fatalf("Token() while pending = %v", err)
 		}
-		last = time.Now()
 		time.Sleep(40 * time.Second)
 		synctest.Wait()
 		if polls != 4 {

@@ -35,6 +35,15 @@ type Config struct {
 	// MemoryStore of the Source's own.
 	Store    Store
 	StoreKey string
+	// Shared, when set, is the store replicas share tokens through (the
+	// cache: key): access tokens, refresh tokens, a renewal lease. Store is
+	// then not used, and StoreKey should name the entry's settings, not
+	// its name (replicas may call it differently).
+	Shared SharedStore
+	// NoRefreshTokenRotation says the server does not rotate refresh
+	// tokens (refresh_token_rotation: false), so that replicas cut off
+	// from the shared store may keep renewing with the one they hold.
+	NoRefreshTokenRotation bool
 	// LoginURL is where a person signs in for this entry (the admin
 	// listener's login page), named by login_required errors.
 	LoginURL string
@@ -72,6 +81,8 @@ type Source struct {
 	client   *Client
 	grant    Grant
 	store    Store
+	local    Store        // a shared Source's own store while the shared one is down
+	shared   *sharedState // nil: tokens are this process's own
 	key      string
 	life     lifetime
 	log      *slog.Logger
@@ -124,6 +135,10 @@ func New(cfg Config) (*Source, error) {
 	}
 	if s.store == nil {
 		s.store = &MemoryStore{}
+	}
+	if cfg.Shared != nil {
+		s.store, s.local = cfg.Shared, &MemoryStore{}
+		s.shared = &sharedState{store: cfg.Shared, rotating: !cfg.NoRefreshTokenRotation}
 	}
 	if s.key == "" {
 		s.key = cfg.Name
@@ -207,6 +222,9 @@ func (s *Source) Invalidate(token string) {
 	switch dropped, limited := s.cache.invalidate(token, s.now()); {
 	case dropped:
 		s.log.Info("upstream rejected the token; fetching a new one")
+		if s.shared != nil {
+			s.invalidateShared(token)
+		}
 	case limited:
 		s.log.Debug("upstream rejected the token; not renewing it again so soon", "interval", s.cache.force)
 	}
@@ -221,7 +239,7 @@ func (s *Source) wait(ctx context.Context, force bool) (*Token, error) {
 	}
 	// The fetch must not end when this caller gives up: others wait on it.
 	fctx := context.WithoutCancel(ctx)
-	ch := s.sf.DoChan("token", func() (any, error) { return s.fetch(fctx) })
+	ch := s.sf.DoChan("token", func() (any, error) { return s.fetch(fctx, false) })
 	select {
 	case r := <-ch:
 		if r.Err != nil {
@@ -234,7 +252,8 @@ func (s *Source) wait(ctx context.Context, force bool) (*Token, error) {
 }
 
 // fetch obtains a token and caches it. Only one runs at a time (single flight).
-func (s *Source) fetch(ctx context.Context) (*Token, error) {
+// bg marks the background renewal.
+func (s *Source) fetch(ctx context.Context, bg bool) (*Token, error) {
 	if pause := s.sched.pause(s.now()); pause > 0 {
 		t := time.NewTimer(pause)
 		select {
@@ -248,7 +267,13 @@ func (s *Source) fetch(ctx context.Context) (*Token, error) {
 	defer s.renewing.Store(false)
 	start := s.now()
 	s.sched.attempt(start)
-	tok, err := s.obtain(ctx, start)
+	var tok *Token
+	var err error
+	if s.shared != nil {
+		tok, err = s.fetchShared(ctx, start, bg)
+	} else {
+		tok, err = s.obtain(ctx, start)
+	}
 	var lr *LoginRequiredError
 	if !errors.As(err, &lr) { // waiting for a person is not a token request
 		s.met.record(err, s.now().Sub(start))
@@ -296,10 +321,25 @@ func (s *Source) obtain(ctx context.Context, start time.Time) (*Token, error) {
 	return s.exchange(ctx, params, start)
 }
 
+// activeStore is where refresh tokens go: the configured store, or a
+// shared Source's own while the shared one is unreachable.
+func (s *Source) activeStore() Store {
+	if s.shared != nil && s.isDegraded(s.now()) {
+		return s.local
+	}
+	return s.store
+}
+
+// obtainWith is obtain for a degraded shared Source (activeStore is then
+// its local store).
+func (s *Source) obtainWith(ctx context.Context, start time.Time, _ Store) (*Token, error) {
+	return s.obtain(ctx, start)
+}
+
 // record returns the stored record, reading the store again so that a
 // refresh token stored by another process (`oauthproxy login`) is seen.
 func (s *Source) record(ctx context.Context) (Record, error) {
-	rec, err := s.store.Load(ctx, s.key)
+	rec, err := s.activeStore().Load(ctx, s.key)
 	if errors.Is(err, ErrNotFound) {
 		rec, err = Record{}, nil
 	}
@@ -315,7 +355,7 @@ func (s *Source) record(ctx context.Context) (Record, error) {
 // forget deletes a refresh token the server refused.
 func (s *Source) forget(ctx context.Context, rec Record, why *Error) {
 	s.log.Warn("the server refused the stored refresh token; it is dropped", "error", why.Error())
-	err := s.store.Delete(ctx, s.key, rec.Generation)
+	err := s.activeStore().Delete(ctx, s.key, rec.Generation)
 	if err != nil && !errors.Is(err, ErrConflict) {
 		s.log.Error("deleting the refused refresh token from the store failed", "error", err)
 	}
@@ -400,11 +440,12 @@ func (s *Source) keep(ctx context.Context, rt Secret, tok *Token) error {
 		return nil
 	}
 	rec.RefreshToken, rec.Updated = rt, s.now()
-	stored, err := s.store.CompareAndSwap(ctx, s.key, rec.Generation, rec)
+	st := s.activeStore()
+	stored, err := st.CompareAndSwap(ctx, s.key, rec.Generation, rec)
 	if errors.Is(err, ErrConflict) { // another process wrote meanwhile; ours is the newest
-		if cur, lerr := s.store.Load(ctx, s.key); lerr == nil || errors.Is(lerr, ErrNotFound) {
+		if cur, lerr := st.Load(ctx, s.key); lerr == nil || errors.Is(lerr, ErrNotFound) {
 			rec.Generation = cur.Generation
-			stored, err = s.store.CompareAndSwap(ctx, s.key, cur.Generation, rec)
+			stored, err = st.CompareAndSwap(ctx, s.key, cur.Generation, rec)
 		}
 	}
 	if err != nil {
@@ -506,7 +547,7 @@ func (s *Source) run() {
 		case <-s.wake:
 		}
 		if s.untilDue() <= 0 {
-			ch := s.sf.DoChan("token", func() (any, error) { return s.fetch(ctx) })
+			ch := s.sf.DoChan("token", func() (any, error) { return s.fetch(ctx, true) })
 			select {
 			case <-ch:
 			case <-s.stop:

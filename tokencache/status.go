@@ -49,6 +49,10 @@ type Status struct {
 	// Device is the pending device code (device_pending): the user code
 	// and where to enter it. Never the device code itself.
 	Device *DeviceAuthorization `json:"device,omitempty"`
+	// Cache is "shared" when replicas share the entry's tokens through
+	// the cache (Redis), "degraded" while it is unreachable; empty when
+	// the process keeps its own.
+	Cache string `json:"cache,omitempty"`
 }
 
 // Ready reports whether the Source holds a usable token.
@@ -76,6 +80,7 @@ func (s *Source) Status() Status {
 		Failures:     sn.failures,
 		RefreshToken: rec.RefreshToken != "",
 		Subject:      rec.Subject,
+		Cache:        s.cacheMode(),
 	}
 	var lr *LoginRequiredError
 	if sn.lastErr != nil {

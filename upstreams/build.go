@@ -6,6 +6,7 @@ import (
 	"maps"
 	"net"
 	"net/netip"
+	"net/url"
 	"slices"
 	"strings"
 
@@ -26,6 +27,9 @@ type Options struct {
 	// Scrub learns every secret of the config, so that no log line holds
 	// one; nil: none.
 	Scrub *tokencache.Scrubber
+	// CacheObserve counts the shared cache's operations
+	// (oauthproxy_cache_operations_total); nil: none.
+	CacheObserve func(op, result string)
 }
 
 // Runtime is a Config built for serving: the route table and the token
@@ -42,6 +46,7 @@ type Runtime struct {
 	fingerprints map[string]string // entry name -> fingerprint of its settings
 	transports   *transports
 	stores       *stores
+	cache        *sharedCache // nil: no cache section
 }
 
 // Build turns a loaded Config into a route table, transports and token
@@ -72,6 +77,14 @@ func Build(cfg *Config, prev *Runtime, opts Options) (*Runtime, error) {
 		prevSt = prev.stores
 	}
 	rt.stores = newStores(prevSt, log)
+	var prevCache *sharedCache
+	if prev != nil {
+		prevCache = prev.cache
+	}
+	var err error
+	if rt.cache, err = openCache(cfg.Cache, prevCache, log, opts.CacheObserve); err != nil {
+		return nil, err
+	}
 	if rt.Handler == nil {
 		h, err := proxy.NewHandler(proxy.Options{Logger: log, Meter: opts.Meter})
 		if err != nil {
@@ -134,6 +147,12 @@ func (rt *Runtime) source(cfg *Config, name string, prev *Runtime, opts Options)
 		return nil, err
 	}
 	c.Fingerprint = fp
+	if rt.cache != nil {
+		o := cfg.OAuth2[name]
+		c.Shared, c.Store = rt.cache.store, nil
+		c.StoreKey = rt.cache.store.EntryKey([]byte(fp))
+		c.NoRefreshTokenRotation = o.RefreshTokenRotation != nil && !*o.RefreshTokenRotation
+	}
 	return tokencache.New(c)
 }
 
@@ -188,7 +207,7 @@ func sourceConfig(cfg *Config, name string, trs *transports, sts *stores, opts O
 		Scrub:   opts.Scrub,
 	}
 	var loginURL string
-	if o.GrantType == tokencache.GrantAuthorizationCode {
+	if o.GrantType == tokencache.GrantAuthorizationCode || o.GrantType == tokencache.GrantDeviceCode {
 		loginURL = cfg.LoginURL(name)
 	}
 	var store tokencache.Store
@@ -271,6 +290,9 @@ func (rt *Runtime) Retire(next *Runtime) {
 		keepSt = next.stores
 	}
 	rt.stores.retire(keepSt)
+	if rt.cache != nil && (next == nil || next.cache != rt.cache) {
+		rt.cache.store.Close()
+	}
 }
 
 // Close stops everything: renewals, idle connections.
@@ -289,6 +311,9 @@ func (rt *Runtime) closeNew(prev *Runtime) {
 		prevSt = prev.stores
 	}
 	rt.stores.retire(prevSt)
+	if rt.cache != nil && (prev == nil || prev.cache != rt.cache) {
+		rt.cache.store.Close()
+	}
 }
 
 // Fingerprint is the identity of an oauth2 entry's effective settings, secret
@@ -351,5 +376,16 @@ func (c *Config) AddSecrets(sc *tokencache.Scrubber) {
 	}
 	if a := c.AdminAuth; a != nil {
 		sc.Add(a.Password.Secret)
+	}
+	if c.Cache != nil {
+		sc.Add(c.Cache.Key.Secret)
+		if r := c.Cache.Redis; r != nil {
+			sc.Add(r.Password.Secret)
+			if u, err := url.Parse(r.URL.Reveal()); err == nil && u.User != nil {
+				if pw, ok := u.User.Password(); ok {
+					sc.Add(tokencache.Secret(pw))
+				}
+			}
+		}
 	}
 }

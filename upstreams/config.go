@@ -29,10 +29,12 @@ type Config struct {
 	Inbound     Inbound            `yaml:"inbound"`
 	Server      Server             `yaml:"server"`
 	OAuth2      map[string]*OAuth2 `yaml:"oauth2"`
-	Routes      []*Route           `yaml:"routes"`
-	File        string             `yaml:"-"` // the file it was loaded from
-	Warnings    []Problem          `yaml:"-"` // what is allowed but worth saying at every start
-	Pos         Positions          `yaml:"-"`
+	// Cache, when set, shares tokens between replicas through Redis.
+	Cache    *Cache    `yaml:"cache"`
+	Routes   []*Route  `yaml:"routes"`
+	File     string    `yaml:"-"` // the file it was loaded from
+	Warnings []Problem `yaml:"-"` // what is allowed but worth saying at every start
+	Pos      Positions `yaml:"-"`
 	// Files is every file the config was read from: the file itself and
 	// those ${file:...} references named. A change to one is a change to
 	// the config.
@@ -163,6 +165,10 @@ type OAuth2 struct {
 	// entries, encrypted with StoreKey (32 bytes, base64).
 	Store    string `yaml:"store"`
 	StoreKey Secret `yaml:"store_key"`
+	// RefreshTokenRotation false says the server keeps a refresh token
+	// valid when it issues a new one, so that replicas cut off from the
+	// cache may keep renewing with it (default true: assume rotation).
+	RefreshTokenRotation *bool `yaml:"refresh_token_rotation"`
 
 	Name string    `yaml:"-"`
 	Pos  Positions `yaml:"-"`
@@ -279,7 +285,7 @@ func (c *Config) applyDefaults() {
 		defEnum(&o.TokenMethod, "POST", o.Pos, "token_method")
 		defEnum(&o.RevokeMethod, "POST", o.Pos, "revoke_method")
 		defEnum(&o.AuthMethod, "GET", o.Pos, "auth_method")
-		if o.RedirectURL.IsZero() && (o.GrantType == tokencache.GrantAuthorizationCode) && !strings.HasPrefix(c.AdminListen, "unix:") {
+		if o.RedirectURL.IsZero() && o.GrantType == tokencache.GrantAuthorizationCode && fixedPort(c.AdminListen) {
 			o.RedirectURL.UnmarshalText([]byte(adminURL(c.AdminListen) + "/oauth2/" + name + "/callback"))
 		}
 		if o.RequestRefreshToken && !slices.Contains(o.Scopes, "offline_access") {
@@ -321,6 +327,14 @@ func defEnum[T ~string](v *T, def T, ps Positions, key string) {
 	if _, written := ps[key]; *v == "" && !written {
 		*v = def
 	}
+}
+
+// fixedPort reports whether a listen address has a port known before it
+// listens (not a unix socket, not port 0): only then is the admin
+// listener's callback a redirect_url to register.
+func fixedPort(addr string) bool {
+	_, port, err := net.SplitHostPort(addr)
+	return err == nil && port != "" && port != "0"
 }
 
 // adminURL is the base URL of the admin listener as a browser on this

@@ -59,8 +59,8 @@ var grants = map[GrantType]grantSpec{
 		build: func(o *OAuth2) tokencache.Grant { return tokencache.RefreshToken{Token: o.RefreshToken.Secret} },
 	},
 	tokencache.GrantAuthorizationCode: {
-		needs: []string{"auth_url", "redirect_url"},
-		takes: []string{"prompt", "request_refresh_token", "auth_method", "store", "store_key"},
+		needs: []string{"auth_url"},
+		takes: []string{"redirect_url", "prompt", "request_refresh_token", "auth_method", "store", "store_key"},
 		build: func(o *OAuth2) tokencache.Grant {
 			return tokencache.AuthorizationCode{AuthURL: o.AuthURL.String(), RedirectURL: o.RedirectURL.String(),
 				ClientID: o.ClientID, Scope: strings.Join(o.Scopes, " "), Prompt: o.Prompt, Extra: o.tokenParams().Without("scope")}

@@ -32,7 +32,7 @@ func TestExampleConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := Parse("config.example.yaml", data, env("OAUTHPROXY_STORE_KEY", "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="))
+	cfg, err := Parse("config.example.yaml", data, env())
 	if err != nil {
 		t.Fatalf("config.example.yaml does not load:\n%v", err)
 	}

@@ -39,6 +39,7 @@ func (v *validator) run() {
 	v.server()
 	v.inbound()
 	v.admin()
+	v.cache()
 
 	names := slices.Sorted(maps.Keys(c.OAuth2))
 	if len(names) == 0 {
@@ -370,6 +371,9 @@ func (v *validator) signIn(path string, o *OAuth2) {
 			v.addAt(at(p, "revoke_method"), path+".revoke_method", "GET with client_auth client_secret_post would put the client secret in the URL: use client_secret_basic")
 		}
 	}
+	if o.TokenMethod == "GET" && o.GrantType == tokencache.GrantPassword {
+		v.addAt(at(p, "token_method"), path+".token_method", "GET with grant_type password would put the password in the URL: use POST")
+	}
 	if o.TokenMethod == "GET" && o.RequestFormat == "json" {
 		v.addAt(at(p, "token_method"), path+".token_method", "GET sends no body: request_format json cannot apply")
 	}
@@ -396,14 +400,15 @@ func (v *validator) signIn(path string, o *OAuth2) {
 			v.addAt(p["store_key"], path+".store_key", "%v", err)
 		}
 	}
+	if storeSet && v.cfg.Cache != nil {
+		v.warnAt(p["store"], path+".store", "not used: with cache, refresh tokens live in the shared cache")
+	}
 	if o.GrantType == tokencache.GrantAuthorizationCode || o.GrantType == tokencache.GrantDeviceCode {
-		if !storeSet {
+		if !storeSet && v.cfg.Cache == nil {
 			v.warnAt(p[""], path, "no store: the refresh token lives in memory only, and every restart needs a new sign-in (set store and store_key)")
 		}
-		if o.GrantType == tokencache.GrantAuthorizationCode && strings.HasPrefix(v.cfg.AdminListen, "unix:") {
-			if _, set := p["redirect_url"]; !set {
-				v.addAt(p[""], path, "missing redirect_url (admin_listen is a unix socket, so there is no default)")
-			}
+		if o.GrantType == tokencache.GrantAuthorizationCode && o.RedirectURL.IsZero() {
+			v.addAt(p[""], path, "missing redirect_url: admin_listen %q has no fixed port, so there is no default (the authorization server must know the callback in advance)", v.cfg.AdminListen)
 		}
 	}
 }

@@ -39,6 +39,7 @@ Usage:
                                        stored ones, or through the running proxy's admin listener
   oauthproxy demo                      start a built-in authorization server, an API that
                                        demands its tokens, and the proxy; print curl lines to try
+  oauthproxy healthcheck [-admin ADDR] exit 0 if the admin listener's /healthz answers 200 within 5s
   oauthproxy version                   print the version
 
 -config defaults to $OAUTHPROXY_CONFIG. Exit codes: 0 ok, 1 bad config or
@@ -68,6 +69,8 @@ func runMain(args []string, stdout, stderr io.Writer) int {
 		return cmdRevoke(args, stdout, stderr)
 	case "demo":
 		return cmdDemo(args, stdout, stderr)
+	case "healthcheck":
+		return cmdHealthcheck(args, stderr)
 	case "version":
 		fmt.Fprintf(stdout, "oauthproxy %s (%s %s/%s)\n", versionString(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		return 0

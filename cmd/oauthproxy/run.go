@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -76,6 +77,7 @@ type app struct {
 	tel      *telemetry
 	tokens   *tokencache.Metrics
 	reloads  *reloadMetrics
+	cache    *cacheMetrics
 	handler  *proxy.Handler
 	rt       atomic.Pointer[upstreams.Runtime]
 	serving  atomic.Bool
@@ -90,6 +92,7 @@ func (a *app) runtime() *upstreams.Runtime { return a.rt.Load() }
 func (a *app) build(cfg *upstreams.Config, prev *upstreams.Runtime) (*upstreams.Runtime, error) {
 	return upstreams.Build(cfg, prev, upstreams.Options{
 		Logger: a.log, Handler: a.handler, TokenMetrics: a.tokens, Scrub: a.scrub,
+		CacheObserve: a.cache.observe,
 	})
 }
 
@@ -116,6 +119,9 @@ func serve(ctx context.Context, cfg *upstreams.Config, log *slog.Logger, scrub *
 		return fmt.Errorf("metrics: %w", err)
 	}
 	if a.reloads, err = newReloadMetrics(a.tel.meter); err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
+	if a.cache, err = newCacheMetrics(a.tel.meter); err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
 	if a.handler, err = proxy.NewHandler(proxy.Options{Logger: log, Meter: a.tel.meter, BodyIdleTimeout: cfg.Server.BodyIdleTimeout}); err != nil {
@@ -207,11 +213,34 @@ wait:
 	if err := proxySrv.Shutdown(sctx); err != nil {
 		log.Warn("shutdown timeout over: closed the connections left", "error", err)
 	}
+	a.revokeOnShutdown()
 	actx, acancel := context.WithTimeout(context.Background(), time.Second)
 	defer acancel()
 	adminSrv.Shutdown(actx)
 	log.Info("stopped")
 	return serveErr
+}
+
+// revokeOnShutdown revokes the access tokens of the entries that ask for
+// it (revoke_on_shutdown: client_credentials and password), bounded by a
+// few seconds in all: a token nobody will use again should not outlive
+// the process.
+func (a *app) revokeOnShutdown() {
+	rt := a.runtime()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	for name, src := range rt.Sources {
+		if o := rt.Config.OAuth2[name]; o == nil || !o.RevokeOnShutdown {
+			continue
+		}
+		wg.Go(func() {
+			if _, err := src.Revoke(ctx, true); err != nil && !errors.Is(err, tokencache.ErrNothingToRevoke) {
+				a.log.Warn("revoking on shutdown failed", "oauth2", name, "error", err)
+			}
+		})
+	}
+	wg.Wait()
 }
 
 // metricLimit is the OpenTelemetry cardinality limit: every series the

@@ -96,11 +96,14 @@ func (h *Handler) statuses() []tokencache.Status {
 }
 
 func (h *Handler) readyz(w http.ResponseWriter, r *http.Request) {
-	reasons := []string{}
+	reasons, notes := []string{}, []string{}
 	if !h.opts.Serving.Load() {
 		reasons = append(reasons, "shutting down")
 	}
 	for _, st := range h.statuses() {
+		if st.Cache == "degraded" {
+			notes = append(notes, fmt.Sprintf("oauth2 %s: the shared token cache is unreachable; serving with this process's own tokens", st.OAuth2))
+		}
 		if st.Ready() {
 			continue
 		}
@@ -120,7 +123,11 @@ func (h *Handler) readyz(w http.ResponseWriter, r *http.Request) {
 	if len(reasons) > 0 {
 		status = http.StatusServiceUnavailable
 	}
-	writeJSON(w, status, map[string]any{"ready": len(reasons) == 0, "reasons": reasons})
+	out := map[string]any{"ready": len(reasons) == 0, "reasons": reasons}
+	if len(notes) > 0 {
+		out["notes"] = notes
+	}
+	writeJSON(w, status, out)
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

@@ -200,7 +200,8 @@ func (h *Handler) revoke(w http.ResponseWriter, r *http.Request) {
 	case errors.Is(err, tokencache.ErrNothingToRevoke):
 		writeJSON(w, http.StatusConflict, map[string]any{"oauth2": name, "error": "nothing_to_revoke", "message": err.Error()})
 	case err != nil:
-		writeJSON(w, http.StatusBadGateway, map[string]any{"oauth2": name, "error": "revoke_failed", "message": h.scrub(err.Error())})
+		writeJSON(w, http.StatusBadGateway, map[string]any{"oauth2": name, "error": "revoke_failed", "message": h.scrub(err.Error()),
+			"revoked_refresh_token": done.RefreshToken, "revoked_access_token": done.AccessToken})
 	default:
 		writeJSON(w, http.StatusOK, map[string]any{"oauth2": name, "revoked_refresh_token": done.RefreshToken, "revoked_access_token": done.AccessToken})
 	}
