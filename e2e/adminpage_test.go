@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -117,8 +118,12 @@ func newChromeTab(t *testing.T) *chromeTab {
 
 func (b *chromeTab) do(t *testing.T, what string, steps ...chromedp.Action[chromedp.Void]) {
 	t.Helper()
-	if err := chromedp.Do(b.ctx, steps...); err != nil {
-		t.Fatalf("%s: %v", what, err)
+	ctx, cancel := context.WithTimeout(b.ctx, 20*time.Second)
+	defer cancel()
+	for i, step := range steps {
+		if err := chromedp.Do(ctx, step); err != nil {
+			t.Fatalf("%s, step %d: %v\nat %s:\n%s", what, i+1, err, b.eval(t, `location.href`), b.eval(t, `document.body.innerText`))
+		}
 	}
 }
 
@@ -299,5 +304,78 @@ func TestAdminBeyondLoopback(t *testing.T) {
 				t.Errorf("start-up warning about admin_auth: %v, want %v\n%s", warned, tc.warns, p.out)
 			}
 		})
+	}
+}
+
+// TestAdminPageDeviceSignIn: the device code panel shows the code
+// oidc-provider issued, with a link to where to enter it; Sign in on the
+// page restarts it; once a person approves the code on another device,
+// the entry turns valid with their name, without a reload.
+func TestAdminPageDeviceSignIn(t *testing.T) {
+	iss := needOIDC(t)
+	b := newChromeTab(t)
+	c := deviceClient(t, iss)
+	up := newAPI(t, verifyFor(&c))
+	store, key := filepath.Join(t.TempDir(), "tokens.db"), newStoreKey()
+	p := startProxy(t, signinConfig(freeAddr(t), up.URL, deviceEntry(iss, c, store, key)))
+	p.waitStatus(t, "device_pending", isState("device_pending"))
+
+	b.do(t, "loading the page", chromedp.Navigate(p.admin+"/"))
+	b.waitFor(t, "the entry shows device pending", `document.querySelector("article.entry .state")?.textContent === "device pending"`)
+	b.do(t, "clicking Sign in", chromedp.Click(chromedp.CSS(`button[data-action="device-login"]`)))
+	b.waitFor(t, "Sign in shows its outcome", `document.querySelector("article.entry .outcome")?.textContent.includes("device code")`)
+	st := p.waitStatus(t, "device_pending", isState("device_pending"))
+	b.waitFor(t, "the panel shows the provider's code", fmt.Sprintf(`document.querySelector(".device .code")?.textContent === %q`, st.Device.UserCode))
+	if got := b.eval(t, `document.querySelector(".device a").href`); got != st.Device.VerificationURI {
+		t.Errorf("the panel links to %q, want the provider's %q", got, st.Device.VerificationURI)
+	}
+	if got := b.eval(t, `document.querySelector(".device").textContent`); !strings.Contains(got, "expires in") {
+		t.Errorf("the panel has no countdown: %q", got)
+	}
+
+	newBrowser(t).approveDevice(st.Device.VerificationURI, st.Device.UserCode)
+	b.waitFor(t, "the entry turns valid", `document.querySelector("article.entry .state")?.textContent === "valid"`)
+	b.waitFor(t, "it names who signed in", fmt.Sprintf(`document.querySelector("article.entry").textContent.includes(%q)`, signinUser))
+	noLeak(t, "the admin page's DOM", b.eval(t, `document.documentElement.outerHTML`))
+}
+
+// TestAdminPageSignIn: Sign in on the page leads through oidc-provider's
+// real login and consent pages, in the same browser, back to the proxy,
+// and the page then shows the entry valid.
+func TestAdminPageSignIn(t *testing.T) {
+	iss := needOIDC(t)
+	b := newChromeTab(t)
+	c := authCodeClient(t, iss)
+	up := newAPI(t, verifyFor(&c))
+	store, key := filepath.Join(t.TempDir(), "tokens.db"), newStoreKey()
+	p := startProxy(t, signinConfig(freeAddr(t), up.URL, authCodeEntry(iss, c, store, key)))
+
+	b.do(t, "loading the page", chromedp.Navigate(p.admin+"/"))
+	b.waitFor(t, "the entry shows login required", `document.querySelector("article.entry .state")?.textContent === "login required"`)
+	b.do(t, "signing in at the provider",
+		chromedp.Click(chromedp.CSS(`a[data-action="login"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`input[name="login"]`)),
+		chromedp.SendKeys(chromedp.CSS(`input[name="login"]`), signinUser),
+		chromedp.SendKeys(chromedp.CSS(`input[name="password"]`), "any"),
+		chromedp.Click(chromedp.CSS(`button[type="submit"]`)),
+		chromedp.WaitReady(chromedp.CSS(`input[value="consent"]`)),
+		chromedp.Click(chromedp.CSS(`form button[type="submit"]`)),
+		chromedp.WaitVisible(chromedp.CSS(`body.note`)),
+	)
+	if got := b.eval(t, `document.body.textContent`); !strings.Contains(got, "Signed in as "+signinUser) {
+		t.Fatalf("the callback page says: %s", got)
+	}
+	b.do(t, "going back to the admin page", chromedp.Click(chromedp.CSS(`a[href="/"]`)), chromedp.WaitVisible(chromedp.CSS(`#entries`)))
+	b.waitFor(t, "the entry turns valid", `document.querySelector("article.entry .state")?.textContent === "valid"`)
+	if st := p.status(t); st.State != "valid" || st.Subject != signinUser {
+		t.Errorf("/tokens after the sign-in: %+v", st)
+	}
+	noLeak(t, "the admin page's DOM", b.eval(t, `document.documentElement.outerHTML`))
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, m := range b.console {
+		if strings.HasPrefix(m.URL, p.admin) && (m.Type == chromedp.ConsoleError || m.IsException()) {
+			t.Errorf("console on the admin origin: %s", m)
+		}
 	}
 }
