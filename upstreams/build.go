@@ -388,6 +388,9 @@ func (c *Config) AddSecrets(sc *tokencache.Scrubber) {
 	if rh := c.Inbound.RequireHeader; rh != nil {
 		sc.Add(rh.Value.Secret)
 	}
+	if a := c.AdminAuth; a != nil {
+		sc.Add(a.Password.Secret)
+	}
 	if c.Cache != nil {
 		sc.Add(c.Cache.Key.Secret)
 		if r := c.Cache.Redis; r != nil {

@@ -40,6 +40,21 @@ type Config struct {
 	// the config.
 	Files []string  `yaml:"-"`
 	res   *resolver // to read ${file:...} secrets again
+
+	// AdminAuth, when set, is the HTTP Basic login that the admin page,
+	// its JSON, sign-in and the actions need (the probes and /metrics
+	// never do). Beyond loopback they need it, or answer 403.
+	AdminAuth *AdminAuth `yaml:"admin_auth"`
+	// AdminHosts are Host names the admin listener accepts besides
+	// localhost and loopback addresses (DNS rebinding defence).
+	AdminHosts []string `yaml:"admin_hosts"`
+}
+
+// AdminAuth is the admin listener's HTTP Basic login (RFC 7617).
+type AdminAuth struct {
+	Username string    `yaml:"username"`
+	Password Secret    `yaml:"password"`
+	Pos      Positions `yaml:"-"`
 }
 
 // Log configures logging.

@@ -38,6 +38,7 @@ func (v *validator) run() {
 	}
 	v.server()
 	v.inbound()
+	v.admin()
 	v.cache()
 
 	names := slices.Sorted(maps.Keys(c.OAuth2))
@@ -216,6 +217,40 @@ func (v *validator) inbound() {
 		u, err := url.Parse(o)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.User != nil {
 			v.addAt(at(in.Pos, "allowed_origins"), fmt.Sprintf("inbound.allowed_origins[%d]", i), "%q: want an origin like https://app.example.com", o)
+		}
+	}
+}
+
+// admin checks who may use the admin page, /tokens, sign-in and the
+// actions: beyond loopback only holders of admin_auth (issue 13).
+func (v *validator) admin() {
+	c := v.cfg
+	if a := c.AdminAuth; a != nil {
+		v.missing(a.Pos, "admin_auth", "username", a.Username, "")
+		if strings.Contains(a.Username, ":") {
+			v.addAt(at(a.Pos, "username"), "admin_auth.username", "%q holds a colon, which HTTP Basic cannot carry in a user name (RFC 7617)", a.Username)
+		}
+		switch n := len(a.Password.Secret); {
+		case n == 0:
+			v.missing(a.Pos, "admin_auth", "password", "", " (use ${file:/path})")
+		case n < 16:
+			v.warnAt(at(a.Pos, "password"), "admin_auth.password", "only %d characters: a password this short can be guessed", n)
+		}
+		if p, ok := a.Pos["password"]; ok && p.raw != "" && !strings.Contains(p.raw, "${") {
+			v.warnAt(p, "admin_auth.password", "written in the file: prefer ${file:/path} or ${NAME}")
+		}
+	}
+	for i, h := range c.AdminHosts {
+		if _, err := netip.ParseAddr(strings.Trim(h, "[]")); err == nil {
+			continue
+		}
+		if h == "" || strings.ContainsAny(h, ":/ *@[]") {
+			v.addAt(at(c.Pos, "admin_hosts"), fmt.Sprintf("admin_hosts[%d]", i), "%q: want a host name or address without port or scheme", h)
+		}
+	}
+	if c.AdminAuth == nil && !IsLoopbackListen(c.AdminListen) {
+		if _, _, err := net.SplitHostPort(c.AdminListen); err == nil {
+			v.warnAt(at(c.Pos, "admin_listen"), "admin_listen", "%q is reachable beyond this machine: the admin page, /tokens, sign-in and the actions answer 403 there until admin_auth is set (/healthz, /readyz and /metrics stay open)", c.AdminListen)
 		}
 	}
 }

@@ -1,6 +1,8 @@
-// Package admin is oauthproxy's admin listener: /healthz, /readyz,
-// /metrics and /tokens. It reads the runtime in service at each request,
-// so that a reload shows at once and nothing keeps a copy of the sources.
+// Package admin is oauthproxy's admin listener: the probes /healthz and
+// /readyz, /metrics, the JSON of /tokens, /routes and /status, the admin
+// page at / that shows them, sign-in and the actions. It reads the
+// runtime in service at each request, so that a reload shows at once and
+// nothing keeps a copy of the sources.
 package admin
 
 import (
@@ -25,10 +27,11 @@ type Options struct {
 	// /readyz then answers 503.
 	Serving *atomic.Bool
 	// Loopback says the admin listener is on loopback (or a unix
-	// socket): only then do sign-in and the actions answer.
+	// socket). Beyond loopback the page, its JSON, sign-in and the
+	// actions need the config's admin_auth, and answer 403 without it.
 	Loopback bool
-	// AdminHosts are Host names accepted besides localhost and loopback
-	// addresses.
+	// AdminHosts are Host names accepted besides localhost, loopback
+	// addresses and the config's admin_hosts.
 	AdminHosts []string
 	// Scrub cleans messages of secrets; nil: none.
 	Scrub *tokencache.Scrubber
@@ -39,32 +42,43 @@ type Handler struct {
 	opts   Options
 	mux    *http.ServeMux
 	logins logins
+	csrf   string // the page's CSRF token, one per process (access.go)
 }
 
 // New returns the admin handler.
 func New(opts Options) *Handler {
-	h := &Handler{opts: opts, mux: http.NewServeMux()}
+	csrf, err := randomToken()
+	if err != nil {
+		panic("admin: no randomness for the CSRF token: " + err.Error()) // crypto/rand does not fail on Linux
+	}
+	h := &Handler{opts: opts, mux: http.NewServeMux(), csrf: csrf}
+	// Open to anyone: probes and scrapers carry no credentials.
 	h.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})
 	h.mux.HandleFunc("GET /readyz", h.readyz)
-	h.mux.HandleFunc("GET /tokens", func(w http.ResponseWriter, r *http.Request) {
+	if opts.Metrics != nil {
+		h.mux.Handle("GET /metrics", opts.Metrics)
+	}
+	// The page and what it reads: this machine, or admin_auth.
+	h.mux.HandleFunc("GET /{$}", h.protect(h.page))
+	h.mux.HandleFunc("GET /assets/{file}", h.protect(serveAsset))
+	h.mux.HandleFunc("GET /tokens", h.protect(func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, h.statuses())
-	})
-	h.mux.Handle("GET /metrics", opts.Metrics)
-	h.mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintln(w, "oauthproxy admin: /healthz /readyz /metrics /tokens")
-	})
-	h.mux.HandleFunc("GET /oauth2/{name}/login", h.guard(h.login))
-	h.mux.HandleFunc("POST /oauth2/{name}/login", h.guard(h.login))
-	h.mux.HandleFunc("GET /oauth2/{name}/callback", h.guard(h.callback))
-	h.mux.HandleFunc("POST /oauth2/{name}/revoke", h.guard(h.revoke))
-	h.mux.HandleFunc("POST /oauth2/{name}/renew", h.guard(h.renew))
-	h.mux.HandleFunc("GET /oauth2/autosubmit.js", func(w http.ResponseWriter, r *http.Request) {
+	}))
+	h.mux.HandleFunc("GET /routes", h.protect(h.routes))
+	h.mux.HandleFunc("GET /status", h.protect(h.status))
+	h.mux.HandleFunc("GET /oauth2/{name}/login", h.protect(h.login))
+	h.mux.HandleFunc("GET /oauth2/{name}/callback", h.protect(h.callback))
+	h.mux.HandleFunc("GET /oauth2/autosubmit.js", h.protect(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/javascript; charset=utf-8")
 		w.Header().Set("X-Content-Type-Options", "nosniff")
 		fmt.Fprint(w, autosubmit)
-	})
+	}))
+	// Actions: POST only (a GET answers 405), same origin, CSRF token.
+	h.mux.HandleFunc("POST /oauth2/{name}/login", h.action(h.login))
+	h.mux.HandleFunc("POST /oauth2/{name}/revoke", h.action(h.revoke))
+	h.mux.HandleFunc("POST /oauth2/{name}/renew", h.action(h.renew))
 	return h
 }
 

@@ -6,7 +6,6 @@ import (
 	"crypto/subtle"
 	"errors"
 	"html/template"
-	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -111,7 +110,18 @@ func (h *Handler) login(w http.ResponseWriter, r *http.Request) {
 		}
 		http.Redirect(w, r, a.URL, http.StatusFound)
 	case *tokencache.DeviceCode:
+		// A new code is a change: from a GET only on a person's own
+		// navigation (a typed URL, a link of this origin), never on
+		// another site's link or image.
+		if s := r.Header.Get("Sec-Fetch-Site"); r.Method == http.MethodGet && s != "" && s != "same-origin" && s != "none" {
+			page(w, http.StatusForbidden, "Not started", "A device sign-in starts from the admin page, a typed URL or oauthproxy login, not from another site.")
+			return
+		}
 		g.Restart()
+		if wantsJSON(r) { // the admin page's Sign in
+			writeJSON(w, http.StatusAccepted, map[string]any{"oauth2": name, "device_code": "started"})
+			return
+		}
 		page(w, http.StatusOK, "Device sign-in started", "A new device code is on its way: /tokens shows its user code and where to enter it, and so does the log.")
 	default:
 		page(w, http.StatusBadRequest, "No sign-in", "oauth2 "+name+" uses grant_type "+src.Grant().Type()+": nobody signs in.")
@@ -241,56 +251,6 @@ func (h *Handler) scrub(s string) string {
 	return h.opts.Scrub.Scrub(s)
 }
 
-// guard admits a request to the sign-in and action endpoints: from this
-// machine (a loopback admin listener and a loopback or admin_hosts Host),
-// and for a POST only from the admin origin itself or a script that sends
-// no browser headers (the contract's admin rules).
-func (h *Handler) guard(next http.HandlerFunc) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		if !h.opts.Loopback {
-			http.Error(w, "forbidden: sign-in and actions answer on a loopback admin_listen only", http.StatusForbidden)
-			return
-		}
-		if !h.isAdminHost(r.Host) {
-			http.Error(w, "forbidden: Host is not this admin listener", http.StatusForbidden)
-			return
-		}
-		if r.Method == http.MethodPost {
-			if o := r.Header.Get("Origin"); o != "" {
-				if u, err := url.Parse(o); err != nil || u.Host != r.Host {
-					http.Error(w, "forbidden: cross-origin request", http.StatusForbidden)
-					return
-				}
-			} else if s := r.Header.Get("Sec-Fetch-Site"); s != "" && s != "same-origin" && s != "none" {
-				http.Error(w, "forbidden: cross-site request", http.StatusForbidden)
-				return
-			}
-		}
-		next(w, r)
-	}
-}
-
-// isAdminHost reports whether host (host[:port]) names this machine:
-// localhost or a loopback address (a DNS-rebinding page's name is neither).
-func (h *Handler) isAdminHost(host string) bool {
-	if hh, _, err := net.SplitHostPort(host); err == nil {
-		host = hh
-	}
-	host = strings.TrimSuffix(strings.ToLower(host), ".")
-	if host == "localhost" || strings.HasSuffix(host, ".localhost") {
-		return true
-	}
-	if ip := net.ParseIP(strings.Trim(host, "[]")); ip != nil && ip.IsLoopback() {
-		return true
-	}
-	for _, a := range h.opts.AdminHosts {
-		if strings.EqualFold(a, host) {
-			return true
-		}
-	}
-	return false
-}
-
 func hash(s string) []byte { h := sha256.Sum256([]byte(s)); return h[:] }
 
 func randomToken() (string, error) {
@@ -312,9 +272,9 @@ func clean(s string) string {
 
 var pageTmpl = template.Must(template.New("page").Parse(`<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{{.Title}}</title>
-<meta name="viewport" content="width=device-width">
-<style>body{font:16px/1.5 system-ui,sans-serif;max-width:40em;margin:3em auto;padding:0 1em}</style></head>
-<body><h1>{{.Title}}</h1><p>{{.Message}}</p><p><a href="/tokens">/tokens</a></p></body></html>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="stylesheet" href="/assets/app.css"><link rel="icon" href="/assets/icon.svg" type="image/svg+xml"></head>
+<body class="note"><h1>{{.Title}}</h1><p>{{.Message}}</p><p><a href="/">Back to the admin page</a></p></body></html>
 `))
 
 // page answers a small HTML page.
@@ -347,9 +307,12 @@ func postForm(w http.ResponseWriter, action string, fields url.Values) {
 
 const autosubmit = `document.addEventListener("DOMContentLoaded",function(){var f=document.forms[0];if(f)f.submit();});`
 
+// secureHeaders are the headers of every HTML answer. The form of
+// auth_method POST goes to the authorization server, so form-action
+// allows it; the admin page itself allows less (pageCSP).
 func secureHeaders(w http.ResponseWriter) {
 	h := w.Header()
-	h.Set("Content-Security-Policy", "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; form-action *; frame-ancestors 'none'; base-uri 'none'")
+	h.Set("Content-Security-Policy", "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; form-action *; frame-ancestors 'none'; base-uri 'none'")
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("Referrer-Policy", "no-referrer")
 	h.Set("Cache-Control", "no-store")
