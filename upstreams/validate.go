@@ -33,7 +33,13 @@ func at(ps Positions, key string) Pos {
 func (v *validator) run() {
 	c := v.cfg
 	v.listen()
-	if _, ok := v.hostPort(at(c.Pos, "admin_listen"), "admin_listen", c.AdminListen); ok && sameListener(c.Listen, c.AdminListen) {
+	if path, ok := strings.CutPrefix(c.AdminListen, "unix:"); ok {
+		if !strings.HasPrefix(path, "/") {
+			v.addAt(at(c.Pos, "admin_listen"), "admin_listen", "%q: a unix socket needs an absolute path (unix:/run/oauthproxy/admin.sock)", c.AdminListen)
+		} else if c.AdminListen == c.Listen {
+			v.addAt(at(c.Pos, "admin_listen"), "admin_listen", "%q is listen's socket too: they must differ", c.AdminListen)
+		}
+	} else if _, ok := v.hostPort(at(c.Pos, "admin_listen"), "admin_listen", c.AdminListen); ok && sameListener(c.Listen, c.AdminListen) {
 		v.addAt(at(c.Pos, "admin_listen"), "admin_listen", "%q takes the same port as listen %q: they must differ", c.AdminListen, c.Listen)
 	}
 	v.server()

@@ -126,9 +126,11 @@ func (a *app) reload(why string) error {
 		{"listen", prev.Config.Listen, cfg.Listen},
 		{"admin_listen", prev.Config.AdminListen, cfg.AdminListen},
 		{"server", fmtServer(prev.Config.Server), fmtServer(cfg.Server)},
+		{"log.format, log.access, log.access_query", fmt.Sprint(prev.Config.Log.Format, prev.Config.Log.Access, prev.Config.Log.AccessQuery),
+			fmt.Sprint(cfg.Log.Format, cfg.Log.Access, cfg.Log.AccessQuery)},
 	} {
 		if c.old != c.new {
-			a.log.Warn("config: "+c.key+" changed; it applies after a restart", "key", c.key)
+			a.log.Warn("config: "+c.key+" changed; that applies after a restart", "key", c.key)
 		}
 	}
 	next, err := a.build(cfg, prev)

@@ -269,6 +269,9 @@ func revokeViaAdmin(ctx context.Context, cfg *upstreams.Config, name string, for
 		u += "?force=true"
 	}
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, u, nil)
+	if a := cfg.AdminAuth; a != nil {
+		req.SetBasicAuth(a.Username, a.Password.Reveal())
+	}
 	resp, err := client.Do(req)
 	if err != nil {
 		fmt.Fprintf(stderr, "oauthproxy revoke %s: the entry has no store, and the running proxy did not answer on %s: nothing to revoke\n", name, cfg.AdminListen)
