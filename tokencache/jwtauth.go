@@ -105,6 +105,9 @@ func (s *Signer) alg(key crypto.Signer) (string, error) {
 
 // Sign returns claims as a signed JWT.
 func (s *Signer) Sign(claims map[string]any) (string, error) {
+	if s == nil || s.Keys == nil {
+		return "", errors.New("no signing key loaded")
+	}
 	c := s.Keys.Current()
 	alg, err := s.alg(c.Key)
 	if err != nil {

@@ -260,6 +260,7 @@ func (v *validator) oauth2(name string, o *OAuth2) {
 		}
 	}
 	v.signIn(path, o)
+	v.signedCredentials(path, o)
 	for i, s := range o.Scopes {
 		if s == "" || strings.ContainsAny(s, " \t\"\\") {
 			v.addAt(at(p, "scopes"), fmt.Sprintf("%s.scopes[%d]", path, i), "%q is not one scope: list scopes one by one", s)
@@ -439,6 +440,7 @@ func (v *validator) route(i int, r *Route, prefixes map[string]int) {
 			v.addAt(at(p, "upstream"), sub(path, "upstream"), "%q has a query: put the path only", shownURL(u))
 		}
 	}
+	v.routeTLS(path, r)
 	var inject string
 	switch o, ok := v.cfg.OAuth2[r.OAuth2]; {
 	case r.OAuth2 == "":
