@@ -1,8 +1,8 @@
 package upstreams
 
 import (
-	"crypto/tls"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"net/http"
 	"net/url"
