@@ -2,9 +2,11 @@ package upstreams
 
 import (
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -59,6 +61,12 @@ func newTestCA(t *testing.T, name string) *testCA {
 func (ca *testCA) issue(t *testing.T, cn string, notAfter time.Time, hosts ...string) (certPEM, keyPEM []byte, tc tls.Certificate) {
 	t.Helper()
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	return ca.issueKey(t, cn, key, notAfter, hosts...)
+}
+
+// issueKey is issue for a given key.
+func (ca *testCA) issueKey(t *testing.T, cn string, key crypto.Signer, notAfter time.Time, hosts ...string) (certPEM, keyPEM []byte, tc tls.Certificate) {
+	t.Helper()
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial.Add(1)), Subject: pkix.Name{CommonName: cn},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: notAfter,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth}}
@@ -516,4 +524,52 @@ routes:
 		t.Fatal(err)
 	}
 	rt.Close()
+}
+
+// TestTLSDocExamples: every config in docs/tls.md passes check, with
+// generated keys and certificates where its paths point.
+func TestTLSDocExamples(t *testing.T) {
+	data, err := os.ReadFile("../docs/tls.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	ca := newTestCA(t, "docs CA")
+	files := map[string][]byte{"/certs/corp-ca.pem": ca.pem, "/certs/partner-ca.pem": ca.pem}
+	rsaKey, _ := rsa.GenerateKey(rand.Reader, 2048)
+	files["/secrets/client.crt"], files["/secrets/client.key"], _ = ca.issue(t, "client", time.Now().Add(time.Hour))
+	files["/secrets/entra.crt"], files["/secrets/entra.key"], _ = ca.issueKey(t, "entra", rsaKey, time.Now().Add(time.Hour))
+	der, _ := x509.MarshalPKCS8PrivateKey(rsaKey)
+	files["/secrets/signing.key"] = pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
+	_, ecPEM, _ := ca.issue(t, "svc", time.Now().Add(time.Hour))
+	files["/secrets/svc-ec.key"] = ecPEM
+	secrets := map[string]string{"/secrets/corp-secret": "s", "/secrets/bank-secret": "s", "/secrets/hs-secret": strings.Repeat("x", 40)}
+	var blocks []string
+	for _, part := range strings.Split(string(data), "```yaml\n")[1:] {
+		blocks = append(blocks, part[:strings.Index(part, "```")])
+	}
+	if len(blocks) < 7 {
+		t.Fatalf("%d yaml examples in docs/tls.md", len(blocks))
+	}
+	for i, b := range blocks {
+		for path, content := range files {
+			local := filepath.Join(dir, filepath.Base(path))
+			writeTo(t, local, content)
+			b = strings.ReplaceAll(b, path, local)
+		}
+		res := Resolver{Getenv: func(string) (string, bool) { return "", false }, ReadFile: func(p string) ([]byte, error) {
+			if s, ok := secrets[p]; ok {
+				return []byte(s), nil
+			}
+			return os.ReadFile(p)
+		}}
+		cfg, err := Parse(fmt.Sprintf("docs/tls.md example %d", i+1), []byte(b), res)
+		if err != nil {
+			t.Errorf("example %d:\n%s\n%v", i+1, b, err)
+			continue
+		}
+		if len(cfg.Warnings) > 0 {
+			t.Errorf("example %d warns: %v", i+1, Problems(cfg.Warnings))
+		}
+	}
 }
