@@ -29,6 +29,9 @@ type Config struct {
 	Inbound     Inbound            `yaml:"inbound"`
 	Server      Server             `yaml:"server"`
 	OAuth2      map[string]*OAuth2 `yaml:"oauth2"`
+	// TLS, when set, serves listen over HTTPS (HTTP/2 offered), with
+	// inbound mTLS when it requires client certificates.
+	TLS *ListenTLS `yaml:"tls"`
 	// Cache, when set, shares tokens between replicas through Redis.
 	Cache    *Cache    `yaml:"cache"`
 	Routes   []*Route  `yaml:"routes"`

@@ -245,4 +245,99 @@ func (c *Config) SetLogger(log *slog.Logger) {
 			set(r.TLS.ready.keys)
 		}
 	}
+	if c.TLS != nil {
+		set(c.TLS.keys)
+	}
+}
+
+// ListenTLS is the top-level tls: HTTPS on listen, with a certificate and
+// key from files that are read again when they change, and inbound mTLS.
+type ListenTLS struct {
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	// ClientCAFile holds the CAs whose client certificates are accepted.
+	ClientCAFile string `yaml:"client_ca_file"`
+	// RequireClientCert refuses, at the handshake, a client without a
+	// certificate from ClientCAFile. It counts as an inbound control.
+	RequireClientCert bool       `yaml:"require_client_cert"`
+	MinVersion        TLSVersion `yaml:"min_version"` // 1.2 (default) | 1.3
+	// ClientCADigest is the SHA-256 of client_ca_file as loaded.
+	ClientCADigest string    `yaml:"-"`
+	Pos            Positions `yaml:"-"`
+
+	keys  *tokencache.KeyPair
+	ready *tls.Config
+}
+
+func (t *ListenTLS) requiresClientCert() bool { return t != nil && t.RequireClientCert }
+
+// ListenTLSConfig is the TLS of the proxy listener, nil for plain HTTP.
+// Its certificate is read again when its files change: new connections
+// get the new one. Other changes to tls take a restart.
+func (c *Config) ListenTLSConfig() *tls.Config {
+	if c.TLS == nil {
+		return nil
+	}
+	return c.TLS.ready
+}
+
+// listenTLS checks the top-level tls: section and loads its files.
+func (v *validator) listenTLS() {
+	t := v.cfg.TLS
+	if t == nil {
+		return
+	}
+	p, path := t.Pos, "tls"
+	ok := true
+	if strings.HasPrefix(v.cfg.Listen, "unix:") {
+		v.addAt(p[""], path, "listen is a unix socket: tls applies to a host:port listener")
+		ok = false
+	}
+	v.missing(p, path, "cert_file", t.CertFile, " (the certificate the listener presents)")
+	v.missing(p, path, "key_file", t.KeyFile, "")
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12, NextProtos: []string{"h2", "http/1.1"}}
+	if t.MinVersion == "1.3" {
+		cfg.MinVersion = tls.VersionTLS13
+	}
+	if t.CertFile != "" && t.KeyFile != "" {
+		t.CertFile, t.KeyFile = v.res.path(t.CertFile), v.res.path(t.KeyFile)
+		kp, err := tokencache.LoadKeyPair(t.KeyFile, t.CertFile, tokencache.KeyPairOptions{})
+		if err != nil {
+			key := "key_file"
+			if msg := err.Error(); strings.Contains(msg, t.CertFile) && !strings.Contains(msg, "does not match") {
+				key = "cert_file"
+			}
+			v.addAt(at(p, key), path+"."+key, "%v", err)
+			ok = false
+		} else {
+			v.certExpiry(at(p, "cert_file"), path+".cert_file", t.CertFile, kp.Current().Certs[0])
+			t.keys = kp
+			cfg.GetCertificate = func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+				return kp.Current().TLSCertificate(), nil
+			}
+		}
+	} else {
+		ok = false
+	}
+	switch {
+	case t.ClientCAFile != "":
+		pool, digest, err := v.caPool(t.ClientCAFile, true)
+		t.ClientCAFile = v.res.path(t.ClientCAFile)
+		if err != nil {
+			v.addAt(at(p, "client_ca_file"), path+".client_ca_file", "%v", err)
+			ok = false
+			break
+		}
+		cfg.ClientCAs, t.ClientCADigest = pool, digest
+		cfg.ClientAuth = tls.VerifyClientCertIfGiven
+		if t.RequireClientCert {
+			cfg.ClientAuth = tls.RequireAndVerifyClientCert
+		}
+	case t.RequireClientCert:
+		v.addAt(at(p, "require_client_cert"), path+".require_client_cert", "needs client_ca_file: the CAs whose client certificates are accepted")
+		ok = false
+	}
+	if ok {
+		t.ready = cfg
+	}
 }

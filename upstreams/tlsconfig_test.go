@@ -573,3 +573,135 @@ func TestTLSDocExamples(t *testing.T) {
 		}
 	}
 }
+
+// TestListenTLS: the listener's TLS from the top-level tls: section:
+// HTTP/2 offered, inbound mTLS enforced at the handshake, and a rotated
+// certificate served to new connections within 5 s.
+func TestListenTLS(t *testing.T) {
+	dir := t.TempDir()
+	serverCA, clientCA, otherCA := newTestCA(t, "server CA"), newTestCA(t, "client CA"), newTestCA(t, "other CA")
+	c1, k1, _ := serverCA.issue(t, "first", time.Now().Add(time.Hour), "127.0.0.1")
+	certFile, keyFile := writeTo(t, filepath.Join(dir, "tls.crt"), c1), writeTo(t, filepath.Join(dir, "tls.key"), k1)
+	clientsFile := writeTo(t, filepath.Join(dir, "clients.pem"), clientCA.pem)
+	doc := fmt.Sprintf(`
+listen: 0.0.0.0:0
+tls: {cert_file: %s, key_file: %s, client_ca_file: %s, require_client_cert: true}
+oauth2:
+  a: {token_url: "https://idp.test/t", client_id: x, client_secret: y}
+routes:
+  - {prefix: /a/, upstream: "https://api.test/", oauth2: a}
+`, certFile, keyFile, clientsFile)
+	cfg, err := Parse(filepath.Join(dir, "c.yaml"), []byte(doc), env())
+	if err != nil {
+		t.Fatalf("a non-loopback listen with inbound mTLS as its only control: %v", err)
+	}
+	cfg.SetLogger(discardLog)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "%s %s", r.Proto, r.TLS.PeerCertificates[0].Subject.CommonName)
+	}), ErrorLog: log.New(io.Discard, "", 0)}
+	go srv.Serve(tls.NewListener(ln, cfg.ListenTLSConfig()))
+	t.Cleanup(func() { srv.Close() })
+	url := "https://" + ln.Addr().String() + "/"
+
+	roots := x509.NewCertPool()
+	roots.AddCert(serverCA.cert)
+	client := func(cert *tls.Certificate) *http.Client {
+		tc := &tls.Config{RootCAs: roots}
+		if cert != nil {
+			tc.Certificates = []tls.Certificate{*cert}
+		}
+		return &http.Client{Transport: &http.Transport{TLSClientConfig: tc, ForceAttemptHTTP2: true, DisableKeepAlives: true}}
+	}
+	_, _, good := clientCA.issue(t, "app", time.Now().Add(time.Hour))
+	_, _, stranger := otherCA.issue(t, "stranger", time.Now().Add(time.Hour))
+	for _, tc := range []struct {
+		name string
+		cert *tls.Certificate
+		want string // body, or "" for a refused handshake
+	}{
+		{"no client certificate", nil, ""},
+		{"a certificate from another CA", &stranger, ""},
+		{"a certificate from client_ca_file", &good, "HTTP/2.0 app"},
+	} {
+		resp, err := client(tc.cert).Get(url)
+		if tc.want == "" {
+			if err == nil {
+				resp.Body.Close()
+				t.Errorf("%s: the handshake succeeded (%d)", tc.name, resp.StatusCode)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(b) != tc.want {
+			t.Errorf("%s: %q, want %q", tc.name, b, tc.want)
+		}
+	}
+
+	served := func() string {
+		resp, err := client(&good).Get(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.TLS.PeerCertificates[0].Subject.CommonName
+	}
+	if cn := served(); cn != "first" {
+		t.Fatalf("serves %q", cn)
+	}
+	c2, k2, _ := serverCA.issue(t, "second", time.Now().Add(time.Hour), "127.0.0.1")
+	writeTo(t, keyFile+".new", k2)
+	os.Rename(keyFile+".new", keyFile)
+	writeTo(t, certFile+".new", c2)
+	os.Rename(certFile+".new", certFile)
+	deadline := time.Now().Add(5 * time.Second)
+	for served() != "second" {
+		if time.Now().After(deadline) {
+			t.Fatal("the listener still serves the old certificate 5s after the rotation")
+		}
+		time.Sleep(50 * time.Millisecond) // polling the contract's deadline, not synchronising
+	}
+}
+
+func TestListenTLSProblems(t *testing.T) {
+	dir := t.TempDir()
+	ca := newTestCA(t, "ca")
+	c, k, _ := ca.issue(t, "srv", time.Now().Add(time.Hour))
+	certFile, keyFile := writeTo(t, filepath.Join(dir, "tls.crt"), c), writeTo(t, filepath.Join(dir, "tls.key"), k)
+	rest := `
+oauth2:
+  a: {token_url: "https://idp.test/t", client_id: x, client_secret: y}
+routes:
+  - {prefix: /a/, upstream: "https://api.test/", oauth2: a}
+`
+	tests := []struct {
+		name, doc, want string
+	}{
+		{"tls alone is no inbound control", "listen: 0.0.0.0:8080\ntls: {cert_file: " + certFile + ", key_file: " + keyFile + "}",
+			"listen: \"0.0.0.0:8080\" is reachable beyond this machine"},
+		{"require_client_cert needs client_ca_file", "tls: {cert_file: " + certFile + ", key_file: " + keyFile + ", require_client_cert: true}",
+			"tls.require_client_cert: needs client_ca_file"},
+		{"no key_file", "tls: {cert_file: " + certFile + "}", "tls: missing key_file"},
+		{"a unix socket", "listen: unix:/tmp/p.sock\ntls: {cert_file: " + certFile + ", key_file: " + keyFile + "}",
+			"tls: listen is a unix socket"},
+		{"client_ca_file without certificates", "tls: {cert_file: " + certFile + ", key_file: " + keyFile + ", client_ca_file: " + keyFile + "}",
+			"tls.client_ca_file: " + keyFile + " contains no certificates"},
+		{"key and certificate swapped", "tls: {cert_file: " + keyFile + ", key_file: " + certFile + "}",
+			"holds no private key (it has CERTIFICATE)"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse(filepath.Join(dir, "c.yaml"), []byte(tc.doc+rest), env())
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("Parse = %v\nwant a problem with %q", err, tc.want)
+			}
+		})
+	}
+}

@@ -37,6 +37,7 @@ func (v *validator) run() {
 		v.addAt(at(c.Pos, "admin_listen"), "admin_listen", "%q takes the same port as listen %q: they must differ", c.AdminListen, c.Listen)
 	}
 	v.server()
+	v.listenTLS()
 	v.inbound()
 	v.cache()
 
@@ -125,9 +126,9 @@ func (v *validator) listen() {
 	if !ok {
 		return
 	}
-	if !isLoopbackHost(host) && c.Inbound.RequireHeader == nil && len(c.Inbound.AllowCIDRs) == 0 {
+	if !isLoopbackHost(host) && c.Inbound.RequireHeader == nil && len(c.Inbound.AllowCIDRs) == 0 && !c.TLS.requiresClientCert() {
 		v.addAt(p, "listen", "%q is reachable beyond this machine, and whoever reaches the port calls the upstreams with this proxy's tokens: "+
-			"set inbound.require_header or inbound.allow_cidrs, or listen on 127.0.0.1 (see docs/security.md)", c.Listen)
+			"set inbound.require_header, inbound.allow_cidrs or tls.require_client_cert, or listen on 127.0.0.1 (see docs/security.md)", c.Listen)
 	}
 }
 

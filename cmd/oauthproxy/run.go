@@ -149,6 +149,7 @@ func serve(ctx context.Context, cfg *upstreams.Config, log *slog.Logger, scrub *
 		MaxHeaderBytes:    int(cfg.Server.MaxHeaderBytes),
 		MaxConns:          cfg.Server.MaxConnections,
 		ErrorLog:          errLog,
+		TLS:               cfg.ListenTLSConfig(),
 	})
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
