@@ -602,3 +602,81 @@ func startOwnOIDC(t *testing.T, clients []map[string]any) *ownOIDC {
 	}
 	return o
 }
+
+// TestListenerInboundMTLS: the proxy serves HTTPS (HTTP/2) with its own
+// certificate and requires client certificates from client_ca_file: no
+// certificate, or one from another CA, is refused at the handshake. The
+// listener's certificate is rotated on disk while the proxy serves. And
+// check accepts a non-loopback listen whose only control is inbound mTLS.
+func TestListenerInboundMTLS(t *testing.T) {
+	serverCA, clientCA, otherCA := newPKI(t, "listener CA"), newPKI(t, "clients CA"), newPKI(t, "other CA")
+	cert, key, _ := serverCA.issue(t, "first", nil, "127.0.0.1")
+	_, _, good := clientCA.issue(t, "app", nil)
+	_, _, stranger := otherCA.issue(t, "stranger", nil)
+	idp := newTokenServer(t, nil)
+	up := newAPI(t, idp.verify)
+	entry := "    token_url: " + idp.URL + "/t\n    client_id: a\n    client_secret: " + randomString("cs-")
+	tlsSection := fmt.Sprintf("tls: {cert_file: %s, key_file: %s, client_ca_file: %s, require_client_cert: true}\n", cert, key, clientCA.file)
+
+	out, code := run(t, nil, "check", "-config", writeConfig(t, strings.Replace(tlsSection+config(up.URL, entry), "listen: 127.0.0.1:0", "listen: 0.0.0.0:8443", 1)))
+	if code != 0 {
+		t.Errorf("check refuses a non-loopback listen with inbound mTLS: exit %d\n%s", code, out)
+	}
+
+	p := startProxy(t, tlsSection+config(up.URL, entry))
+	base := strings.Replace(p.base, "http://", "https://", 1)
+	client := func(c *tls.Certificate) *http.Client {
+		tc := &tls.Config{RootCAs: serverCA.pool()}
+		if c != nil {
+			tc.Certificates = []tls.Certificate{*c}
+		}
+		return &http.Client{Transport: &http.Transport{TLSClientConfig: tc, ForceAttemptHTTP2: true, DisableKeepAlives: true}}
+	}
+	for _, tc := range []struct {
+		name string
+		cert *tls.Certificate
+	}{{"no certificate", nil}, {"another CA", &stranger}} {
+		if resp, err := client(tc.cert).Get(base + "/api/x"); err == nil {
+			resp.Body.Close()
+			t.Errorf("%s: got through (%d)", tc.name, resp.StatusCode)
+		}
+	}
+	// Plain HTTP gets net/http's 400 "client sent an HTTP request to an HTTPS server", never the API.
+	if resp, err := http.Get(p.base + "/api/x"); err == nil {
+		resp.Body.Close()
+		if resp.StatusCode != 400 {
+			t.Errorf("plain HTTP on the TLS listener: %d", resp.StatusCode)
+		}
+	}
+	served := func() (string, string) {
+		resp, err := client(&good).Get(base + "/api/x")
+		if err != nil {
+			t.Fatalf("with a good client certificate: %v", err)
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != 200 {
+			b, _ := io.ReadAll(resp.Body)
+			t.Fatalf("%d %s", resp.StatusCode, b)
+		}
+		return resp.TLS.PeerCertificates[0].Subject.CommonName, resp.Proto
+	}
+	if cn, proto := served(); cn != "first" || proto != "HTTP/2.0" {
+		t.Fatalf("served %q over %s", cn, proto)
+	}
+	newCert, newKey, _ := serverCA.issue(t, "second", nil, "127.0.0.1")
+	os.Rename(newKey, key)
+	os.Rename(newCert, cert)
+	rotated := time.Now()
+	for {
+		if cn, _ := served(); cn == "second" {
+			break
+		}
+		if time.Since(rotated) > 5*time.Second {
+			t.Fatal("the listener still presents the old certificate 5s after the rotation")
+		}
+		time.Sleep(100 * time.Millisecond) // polling the contract's deadline, not synchronising
+	}
+	if len(p.logLines("key or certificate file reloaded")) == 0 {
+		t.Error("the rotation is not in the JSON log")
+	}
+}

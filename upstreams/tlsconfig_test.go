@@ -535,9 +535,10 @@ func TestTLSDocExamples(t *testing.T) {
 	}
 	dir := t.TempDir()
 	ca := newTestCA(t, "docs CA")
-	files := map[string][]byte{"/certs/corp-ca.pem": ca.pem, "/certs/partner-ca.pem": ca.pem}
+	files := map[string][]byte{"/certs/corp-ca.pem": ca.pem, "/certs/partner-ca.pem": ca.pem, "/certs/clients.pem": ca.pem}
 	rsaKey, _ := rsa.GenerateKey(rand.Reader, 2048)
 	files["/secrets/client.crt"], files["/secrets/client.key"], _ = ca.issue(t, "client", time.Now().Add(time.Hour))
+	files["/certs/tls.crt"], files["/certs/tls.key"], _ = ca.issue(t, "proxy.internal", time.Now().Add(time.Hour))
 	files["/secrets/entra.crt"], files["/secrets/entra.key"], _ = ca.issueKey(t, "entra", rsaKey, time.Now().Add(time.Hour))
 	der, _ := x509.MarshalPKCS8PrivateKey(rsaKey)
 	files["/secrets/signing.key"] = pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
@@ -548,7 +549,7 @@ func TestTLSDocExamples(t *testing.T) {
 	for _, part := range strings.Split(string(data), "```yaml\n")[1:] {
 		blocks = append(blocks, part[:strings.Index(part, "```")])
 	}
-	if len(blocks) < 7 {
+	if len(blocks) < 8 {
 		t.Fatalf("%d yaml examples in docs/tls.md", len(blocks))
 	}
 	for i, b := range blocks {
