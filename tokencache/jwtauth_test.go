@@ -21,6 +21,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -323,6 +324,14 @@ func TestLoadKeyPairMismatch(t *testing.T) {
 	}
 	if _, err := LoadKeyPair(filepath.Join(dir, "missing.pem"), "", KeyPairOptions{}); err == nil || !strings.Contains(err.Error(), "missing.pem") {
 		t.Errorf("a missing file: %v", err)
+	}
+	// A FIFO would block a reader until someone writes: refused at once.
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Skip(err)
+	}
+	if _, err := LoadKeyPair(fifo, "", KeyPairOptions{}); err == nil || !strings.Contains(err.Error(), "is not a regular file") {
+		t.Errorf("a FIFO: %v", err)
 	}
 }
 

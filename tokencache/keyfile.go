@@ -19,6 +19,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -255,7 +256,8 @@ func samePublicKey(a, b crypto.PublicKey) bool {
 // readPEMFile reads a key or certificate file, refusing what cannot be one
 // (a FIFO, a device, a huge file) before reading it.
 func readPEMFile(name string) ([]byte, error) {
-	f, err := os.Open(name)
+	// O_NONBLOCK: opening a FIFO must not wait for a writer.
+	f, err := os.OpenFile(name, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, err // *fs.PathError names the file
 	}
