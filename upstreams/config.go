@@ -29,6 +29,9 @@ type Config struct {
 	Inbound     Inbound            `yaml:"inbound"`
 	Server      Server             `yaml:"server"`
 	OAuth2      map[string]*OAuth2 `yaml:"oauth2"`
+	// TLS, when set, serves listen over HTTPS (HTTP/2 offered), with
+	// inbound mTLS when it requires client certificates.
+	TLS *ListenTLS `yaml:"tls"`
 	// Cache, when set, shares tokens between replicas through Redis.
 	Cache    *Cache    `yaml:"cache"`
 	Routes   []*Route  `yaml:"routes"`
@@ -175,8 +178,29 @@ type OAuth2 struct {
 	// cache may keep renewing with it (default true: assume rotation).
 	RefreshTokenRotation *bool `yaml:"refresh_token_rotation"`
 
+	// TLS is how the entry's token, device and revocation endpoints are
+	// reached: CAs, a client certificate (mTLS, tls_client_auth).
+	TLS *TLS `yaml:"tls"`
+	// Signed assertions (RFC 7523): client_auth private_key_jwt and the
+	// jwt_bearer grant sign with PrivateKeyFile (PEM, RSA or EC P-256).
+	PrivateKeyFile string `yaml:"private_key_file"`
+	// PrivateKeyID is the kid of every assertion; without it, and with
+	// CertificateFile, the header carries x5t#S256 (Microsoft Entra ID).
+	PrivateKeyID    string     `yaml:"private_key_id"`
+	CertificateFile string     `yaml:"certificate_file"`
+	SigningAlg      SigningAlg `yaml:"signing_alg"` // RS256 | PS256 | ES256; default from the key
+	// AssertionAudience is the aud of assertions (default token_url).
+	AssertionAudience string `yaml:"assertion_audience"`
+	// The jwt_bearer grant's assertion: sub, iss (default client_id) and
+	// further claims.
+	AssertionSubject string            `yaml:"assertion_subject"`
+	AssertionIssuer  string            `yaml:"assertion_issuer"`
+	AssertionClaims  map[string]string `yaml:"assertion_claims"`
+
 	Name string    `yaml:"-"`
 	Pos  Positions `yaml:"-"`
+
+	signer *tokencache.Signer // loaded by validation, when the entry signs
 }
 
 // ResponseFields are the token response's field names (dotted paths).
@@ -214,6 +238,7 @@ type Route struct {
 	RewriteLocation  bool              `yaml:"rewrite_location"`
 	InsecureHTTP     bool              `yaml:"insecure_http"`
 	ProxyURL         ProxyURL          `yaml:"proxy_url"` // reach the upstream through a proxy
+	TLS              *TLS              `yaml:"tls"`       // CAs and client certificate towards the upstream
 	Pos              Positions         `yaml:"-"`
 }
 
@@ -285,7 +310,11 @@ func (c *Config) applyDefaults() {
 		}
 		o.Name = name
 		defEnum(&o.GrantType, tokencache.GrantClientCredentials, o.Pos, "grant_type")
-		defEnum(&o.ClientAuth, "client_secret_basic", o.Pos, "client_auth")
+		auth := ClientAuthMethod("client_secret_basic")
+		if o.GrantType == tokencache.GrantJWTBearer {
+			auth = "none" // RFC 7523 §2.1: the assertion is the credential
+		}
+		defEnum(&o.ClientAuth, auth, o.Pos, "client_auth")
 		defEnum(&o.RequestFormat, "form", o.Pos, "request_format")
 		defEnum(&o.TokenMethod, "POST", o.Pos, "token_method")
 		defEnum(&o.RevokeMethod, "POST", o.Pos, "revoke_method")

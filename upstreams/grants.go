@@ -19,7 +19,8 @@ type grantSpec struct {
 // grantKeys are the keys that belong to some grants only: set on an entry
 // whose grant does not take them, they are a problem.
 var grantKeys = []string{"username", "password", "refresh_token", "auth_url", "redirect_url", "prompt",
-	"request_refresh_token", "auth_method", "device_auth_url", "store", "store_key"}
+	"request_refresh_token", "auth_method", "device_auth_url", "store", "store_key",
+	"assertion_subject", "assertion_issuer", "assertion_claims"}
 
 // grantValue is the value of a grant-specific key as text, for "missing".
 func (o *OAuth2) grantValue(key string) string {
@@ -38,6 +39,8 @@ func (o *OAuth2) grantValue(key string) string {
 		return o.DeviceAuthURL.String()
 	case "store":
 		return o.Store
+	case "assertion_subject":
+		return o.AssertionSubject
 	}
 	return ""
 }
@@ -73,11 +76,19 @@ var grants = map[GrantType]grantSpec{
 			return &tokencache.DeviceCode{DeviceAuthURL: o.DeviceAuthURL.String(), Request: o.tokenParams()}
 		},
 	},
+	tokencache.GrantJWTBearer: {
+		needs: []string{"assertion_subject"},
+		takes: []string{"assertion_issuer", "assertion_claims"},
+		build: func(o *OAuth2) tokencache.Grant {
+			return tokencache.JWTBearer{Signer: o.signer, Assertion: tokencache.Assertion{
+				Issuer: o.assertionIssuer(), Subject: o.AssertionSubject, Audience: o.assertionAudience(), Claims: o.AssertionClaims}}
+		},
+	},
 }
 
 // unsupportedGrants are grant types the contract names that this version
 // does not build yet: check says so rather than "not one of".
-var unsupportedGrants = []string{"jwt_bearer"}
+var unsupportedGrants []string
 
 func grantNames() []string {
 	var out []string
@@ -117,9 +128,18 @@ var clientAuths = map[ClientAuthMethod]clientAuthSpec{
 	"none": {build: func(o *OAuth2, _ *tokencache.ClientSecret) tokencache.ClientAuth {
 		return tokencache.PublicClient{ClientID: o.ClientID}
 	}},
+	"client_secret_jwt": {secret: true, build: func(o *OAuth2, s *tokencache.ClientSecret) tokencache.ClientAuth {
+		return tokencache.ClientSecretJWT{ClientID: o.ClientID, Audience: o.assertionAudience(), Secret: s}
+	}},
+	"private_key_jwt": {build: func(o *OAuth2, _ *tokencache.ClientSecret) tokencache.ClientAuth {
+		return tokencache.PrivateKeyJWT{ClientID: o.ClientID, Audience: o.assertionAudience(), Signer: o.signer}
+	}},
+	"tls_client_auth": {build: func(o *OAuth2, _ *tokencache.ClientSecret) tokencache.ClientAuth {
+		return tokencache.TLSClientAuth{ClientID: o.ClientID, Reload: o.TLS.reloadClientCert}
+	}},
 }
 
-var unsupportedClientAuths = []string{"client_secret_jwt", "private_key_jwt", "tls_client_auth"}
+var unsupportedClientAuths []string
 
 func clientAuthNames() []string {
 	var out []string

@@ -43,6 +43,7 @@ func (v *validator) run() {
 		v.addAt(at(c.Pos, "admin_listen"), "admin_listen", "%q takes the same port as listen %q: they must differ", c.AdminListen, c.Listen)
 	}
 	v.server()
+	v.listenTLS()
 	v.inbound()
 	v.admin()
 	v.cache()
@@ -132,9 +133,9 @@ func (v *validator) listen() {
 	if !ok {
 		return
 	}
-	if !isLoopbackHost(host) && c.Inbound.RequireHeader == nil && len(c.Inbound.AllowCIDRs) == 0 {
+	if !isLoopbackHost(host) && c.Inbound.RequireHeader == nil && len(c.Inbound.AllowCIDRs) == 0 && !c.TLS.requiresClientCert() {
 		v.addAt(p, "listen", "%q is reachable beyond this machine, and whoever reaches the port calls the upstreams with this proxy's tokens: "+
-			"set inbound.require_header or inbound.allow_cidrs, or listen on 127.0.0.1 (see docs/security.md)", c.Listen)
+			"set inbound.require_header, inbound.allow_cidrs or tls.require_client_cert, or listen on 127.0.0.1 (see docs/security.md)", c.Listen)
 	}
 }
 
@@ -301,6 +302,7 @@ func (v *validator) oauth2(name string, o *OAuth2) {
 		}
 	}
 	v.signIn(path, o)
+	v.signedCredentials(path, o)
 	for i, s := range o.Scopes {
 		if s == "" || strings.ContainsAny(s, " \t\"\\") {
 			v.addAt(at(p, "scopes"), fmt.Sprintf("%s.scopes[%d]", path, i), "%q is not one scope: list scopes one by one", s)
@@ -481,6 +483,7 @@ func (v *validator) route(i int, r *Route, prefixes map[string]int) {
 			v.addAt(at(p, "upstream"), sub(path, "upstream"), "%q has a query: put the path only", shownURL(u))
 		}
 	}
+	v.routeTLS(path, r)
 	var inject string
 	switch o, ok := v.cfg.OAuth2[r.OAuth2]; {
 	case r.OAuth2 == "":

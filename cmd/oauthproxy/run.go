@@ -93,6 +93,7 @@ func (a *app) runtime() *upstreams.Runtime { return a.rt.Load() }
 
 // build builds cfg into a runtime, taking over what prev had that is unchanged.
 func (a *app) build(cfg *upstreams.Config, prev *upstreams.Runtime) (*upstreams.Runtime, error) {
+	cfg.SetLogger(a.log) // rotations of key and certificate files are logged
 	return upstreams.Build(cfg, prev, upstreams.Options{
 		Logger: a.log, Handler: a.handler, TokenMetrics: a.tokens, Scrub: a.scrub,
 		CacheObserve: a.cache.observe,
@@ -157,6 +158,7 @@ func serve(ctx context.Context, cfg *upstreams.Config, log *slog.Logger, scrub *
 		MaxHeaderBytes:    int(cfg.Server.MaxHeaderBytes),
 		MaxConns:          cfg.Server.MaxConnections,
 		ErrorLog:          errLog,
+		TLS:               cfg.ListenTLSConfig(),
 	})
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)

@@ -6,6 +6,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log"
@@ -27,6 +28,8 @@ type Config struct {
 	MaxHeaderBytes    int
 	MaxConns          int // 0: no cap
 	ErrorLog          *log.Logger
+	// TLS, when set, serves HTTPS; its NextProtos offer HTTP/2.
+	TLS *tls.Config
 }
 
 // Server is a listening http.Server.
@@ -62,6 +65,11 @@ func Listen(cfg Config) (*Server, error) {
 		sem = make(chan struct{}, cfg.MaxConns)
 	}
 	s.ln = &limitListener{Listener: ln, sem: sem, conns: s.conns, closed: make(chan struct{})}
+	if cfg.TLS != nil {
+		// Over the limit listener: a connection counts from its handshake,
+		// and closing the raw connections still closes everything.
+		s.ln = tls.NewListener(s.ln, cfg.TLS)
+	}
 	s.srv = &http.Server{
 		Handler:           cfg.Handler,
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
