@@ -40,7 +40,9 @@ var (
 )
 
 func testCerts(t testing.TB) *testCA {
-	t.Helper()
+	if t != nil {
+		t.Helper()
+	}
 	caOnce.Do(func() {
 		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 		if err != nil {

@@ -23,11 +23,11 @@ func (s *session) relay(sc *serverConn) {
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		rl.copy(sc.conn, s.r, &s.out.BytesIn)
+		rl.copy(sc.conn, s.r, &s.out.BytesIn, true)
 	}()
 	go func() {
 		defer wg.Done()
-		rl.copy(s.conn, sc.r, &s.out.BytesOut)
+		rl.copy(s.conn, sc.r, &s.out.BytesOut, false)
 	}()
 	wg.Wait()
 	if rl.timedOut.Load() {
@@ -57,11 +57,13 @@ func (rl *relayer) touch(force bool) {
 	rl.server.SetReadDeadline(d)
 }
 
-// copy moves bytes from src to dst. At src's end it half-closes dst, so
-// that the other direction can finish (a POP3 client that sends QUIT and
-// shuts its side still gets +OK); on any failure it closes both, which
-// also ends the other direction.
-func (rl *relayer) copy(dst net.Conn, src io.Reader, n *int64) {
+// copy moves bytes from src to dst. When the client ends its side
+// (halfClose) the server's side is shut for writing, so that the server
+// can still answer (a POP3 client that sends QUIT and shuts its side
+// still gets +OK). When the server ends its side, or on any failure, both
+// connections are closed, which also ends the other direction: a mail
+// server that has hung up will not answer again.
+func (rl *relayer) copy(dst net.Conn, src io.Reader, n *int64, halfClose bool) {
 	buf := make([]byte, 16<<10)
 	for {
 		nr, err := src.Read(buf)
@@ -77,7 +79,7 @@ func (rl *relayer) copy(dst net.Conn, src io.Reader, n *int64) {
 		if err == nil {
 			continue
 		}
-		if errors.Is(err, io.EOF) {
+		if errors.Is(err, io.EOF) && halfClose {
 			if cw, ok := dst.(interface{ CloseWrite() error }); ok && cw.CloseWrite() == nil {
 				return
 			}
