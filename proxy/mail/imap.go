@@ -49,14 +49,15 @@ func (s *session) imap() *serverConn {
 			s.out.Reason = "client: " + err.Error()
 			s.reply("* BYE " + capitalize(err.Error()))
 			return nil
-		case err != nil:
-			return nil // gone, or idle too long
+		case err != nil: // gone, idle too long, or shutting down
+			s.shuttingDown("* BYE Server shutting down")
+			return nil
 		}
 		if sc, done := s.imapCommand(cmd); done {
 			return sc
 		}
 	}
-	s.reply("* BYE Server shutting down")
+	s.shuttingDown("* BYE Server shutting down")
 	return nil
 }
 

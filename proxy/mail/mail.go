@@ -470,6 +470,17 @@ func (s *session) awaitCommand() bool {
 	return true
 }
 
+// shuttingDown tells a client waiting before login that the listener is
+// going away, when it is.
+func (s *session) shuttingDown(line string) {
+	s.mu.Lock()
+	stopped := s.stopped
+	s.mu.Unlock()
+	if stopped {
+		s.reply(line)
+	}
+}
+
 // serve runs the session to its end.
 func (s *session) serve() {
 	defer s.l.untrack(s)

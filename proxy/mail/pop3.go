@@ -34,7 +34,8 @@ func (s *session) pop3() *serverConn {
 			s.reply("-ERR Line too long")
 			return nil
 		}
-		if err != nil {
+		if err != nil { // gone, idle too long, or shutting down
+			s.shuttingDown("-ERR Server shutting down")
 			return nil
 		}
 		verb, arg, _ := strings.Cut(string(line), " ")
@@ -90,7 +91,7 @@ func (s *session) pop3() *serverConn {
 			return sc
 		}
 	}
-	s.reply("-ERR Server shutting down")
+	s.shuttingDown("-ERR Server shutting down")
 	return nil
 }
 

@@ -42,7 +42,8 @@ func (s *session) smtp() *serverConn {
 			s.reply("500 5.5.2 Line too long")
 			return nil
 		}
-		if err != nil {
+		if err != nil { // gone, idle too long, or shutting down
+			s.shuttingDown("421 4.3.2 Server shutting down")
 			return nil
 		}
 		verb, arg, _ := strings.Cut(string(line), " ")
@@ -83,7 +84,7 @@ func (s *session) smtp() *serverConn {
 			return sc
 		}
 	}
-	s.reply("421 4.3.2 Server shutting down")
+	s.shuttingDown("421 4.3.2 Server shutting down")
 	return nil
 }
 
