@@ -16,7 +16,7 @@ import (
 
 // realProxy serves proto through the proxy to addr of the real servers;
 // the account's mailbox is the servers' one.
-func realProxy(t *testing.T, proto Protocol, addr string, mode TLSMode, mech Mechanism, tokens *fakeTokens) *proxyUnderTest {
+func realProxy(t testing.TB, proto Protocol, addr string, mode TLSMode, mech Mechanism, tokens *fakeTokens) *proxyUnderTest {
 	t.Helper()
 	l := &Listener{Protocol: proto, Server: addr, ServerTLS: ServerTLS{Mode: mode}, Mechanism: mech,
 		Accounts: func(name string) (*Account, bool) {

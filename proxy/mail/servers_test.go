@@ -72,7 +72,7 @@ func TestMain(m *testing.M) {
 // Without the binaries (or without root, which Postfix needs) the test is
 // skipped, unless OAUTHPROXY_REQUIRE_SERVERS is set (as in CI): then it
 // fails.
-func needServers(t *testing.T) *realServers {
+func needServers(t testing.TB) *realServers {
 	t.Helper()
 	var missing []string
 	for _, bin := range []string{"dovecot", "postfix"} {
@@ -292,7 +292,7 @@ func (rs *realServers) stop() {
 	}
 }
 
-func (rs *realServers) showLogs(t *testing.T) {
+func (rs *realServers) showLogs(t testing.TB) {
 	for _, f := range rs.logs {
 		b, _ := os.ReadFile(f)
 		if len(b) > 8000 {
