@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"math/big"
 	"net"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -152,6 +153,8 @@ type fakeServer struct {
 	reason string
 
 	ln       net.Listener
+	wg       sync.WaitGroup
+	open     sync.Map // net.Conn -> struct{}: closed at the test's end
 	conns    atomic.Int64
 	logins   atomic.Int64
 	mu       sync.Mutex
@@ -173,15 +176,27 @@ func startFake(t testing.TB, f *fakeServer) *fakeServer {
 	if f.mech == "" {
 		f.mech = XOAUTH2
 	}
-	t.Cleanup(func() { ln.Close() })
+	f.wg.Add(1)
+	t.Cleanup(func() {
+		ln.Close()
+		f.open.Range(func(c, _ any) bool { c.(net.Conn).Close(); return true })
+		f.wg.Wait()
+	})
 	go func() {
+		defer f.wg.Done()
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
 			f.conns.Add(1)
-			go f.serve(c)
+			f.open.Store(c, struct{}{})
+			f.wg.Add(1)
+			go func() {
+				defer f.wg.Done()
+				defer f.open.Delete(c)
+				f.serve(c)
+			}()
 		}
 	}()
 	return f
@@ -204,7 +219,7 @@ func (f *fakeServer) serve(c net.Conn) {
 	read := func() string {
 		line, err := readLine(r, 1<<20)
 		if err != nil {
-			return "\x00EOF"
+			runtime.Goexit() // the deferred Close runs
 		}
 		return string(line)
 	}
@@ -252,8 +267,6 @@ func (f *fakeServer) serve(c net.Conn) {
 					f.answered(read())
 					w(tag + " NO [AUTHENTICATIONFAILED] " + f.rejectText())
 				}
-			case "\x00EOF":
-				return
 			default:
 				w(tag + " BAD unexpected")
 			}
@@ -284,8 +297,6 @@ func (f *fakeServer) serve(c net.Conn) {
 					f.answered(read())
 					w("-ERR [AUTH] " + f.rejectText())
 				}
-			case "\x00EOF":
-				return
 			default:
 				w("-ERR unexpected")
 			}
@@ -327,8 +338,6 @@ func (f *fakeServer) serve(c net.Conn) {
 					f.answered(read())
 					w("535 5.7.8 " + f.rejectText())
 				}
-			case "\x00EOF":
-				return
 			default:
 				w("502 5.5.2 unexpected")
 			}

@@ -52,6 +52,8 @@ type Account struct {
 // Protocol is the mail protocol a Listener speaks.
 type Protocol string
 
+// The protocols: IMAP4rev1 (RFC 3501), POP3 (RFC 1939), SMTP submission
+// (RFC 6409).
 const (
 	IMAP Protocol = "imap"
 	POP3 Protocol = "pop3"

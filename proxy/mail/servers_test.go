@@ -1,7 +1,6 @@
 package mail
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"fmt"
@@ -18,6 +17,8 @@ import (
 	"testing"
 	"text/template"
 	"time"
+
+	"go.uber.org/goleak"
 )
 
 // The real servers of the end-to-end tests: Dovecot (IMAP, POP3, and the
@@ -59,11 +60,19 @@ var (
 	serversErr  error
 )
 
-// TestMain stops the real servers after the package's tests.
+// TestMain stops the real servers after the package's tests, and fails
+// the package if a test left goroutines behind (a relay that never ends,
+// a login stuck on a closed server).
 func TestMain(m *testing.M) {
 	code := m.Run()
 	if servers != nil {
 		servers.stop()
+	}
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
+			code = 1
+		}
 	}
 	os.Exit(code)
 }
@@ -326,15 +335,4 @@ func maildirFiles(dir string) []string {
 		files = append(files, m...)
 	}
 	return files
-}
-
-// greeting reads a server's first line, to check it is alive.
-func greeting(addr string) (string, error) {
-	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
-	if err != nil {
-		return "", err
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(2 * time.Second))
-	return bufio.NewReader(c).ReadString('\n')
 }
