@@ -146,6 +146,9 @@ type fakeServer struct {
 	// verdict decides a login; nil accepts every token.
 	verdict func(user, token string) string
 	saslIR  bool // the IMAP greeting shows SASL-IR
+	// askIR: the SMTP server ignores an initial response and asks for
+	// it with an empty 334.
+	askIR bool
 	// injectTLS: after its STARTTLS answer the server sends more in
 	// plaintext (it must not be believed).
 	injectTLS bool
@@ -252,6 +255,10 @@ func (f *fakeServer) serve(c net.Conn) {
 					w(tag + " NO [CANNOT] unsupported mechanism")
 					continue
 				}
+				if f.saslIR != hasIR {
+					w(tag + " BAD initial response where SASL-IR is not offered, or none where it is")
+					continue
+				}
 				if !hasIR {
 					w("+ ")
 					ir = read()
@@ -326,6 +333,10 @@ func (f *fakeServer) serve(c net.Conn) {
 				if !strings.EqualFold(mech, string(f.mech)) {
 					w("504 5.5.4 unsupported mechanism")
 					continue
+				}
+				if f.askIR {
+					w("334 ")
+					ir = read()
 				}
 				switch f.judge(ir) {
 				case accept:

@@ -87,6 +87,38 @@ func TestLogin(t *testing.T) {
 	}
 }
 
+// TestServerVariants: servers that take the initial response at once, or
+// ask for it.
+func TestServerVariants(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		srv  *fakeServer
+	}{
+		{"IMAP server with SASL-IR", &fakeServer{proto: IMAP, saslIR: true}},
+		{"IMAP server with SASL-IR, rejecting the first token", &fakeServer{proto: IMAP, saslIR: true, verdict: rejectFirst}},
+		{"SMTP server asking for the initial response", &fakeServer{proto: SMTP, askIR: true}},
+		{"SMTP server asking for the initial response, rejecting the first token", &fakeServer{proto: SMTP, askIR: true, verdict: rejectFirst}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.srv.mode = NoTLS
+			srv := startFake(t, tc.srv)
+			p := startProxy(t, &Listener{Protocol: tc.srv.proto, Server: srv.addr(), ServerTLS: ServerTLS{Mode: NoTLS}}, &fakeTokens{})
+			c := dial(t, p.addr)
+			if got := logIn(c, tc.srv.proto, testUser, testPass); !strings.HasPrefix(got, answers[tc.srv.proto].ok) {
+				t.Fatalf("login answer = %q, want %q...", got, answers[tc.srv.proto].ok)
+			}
+			echo(c)
+		})
+	}
+}
+
+func rejectFirst(_, tok string) string {
+	if tok == "tok-1-secret" {
+		return reject
+	}
+	return accept
+}
+
 // TestClientLoginForms: every way a client may send its name and password.
 func TestClientLoginForms(t *testing.T) {
 	pass := testPass

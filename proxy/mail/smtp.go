@@ -262,10 +262,11 @@ func (sc *serverConn) smtpLogin(ctx context.Context, user, token string) error {
 		}
 	}
 	mech := sc.l.Mechanism
-	if err := sc.send("AUTH " + mech.saslName() + " " + mech.initialResponse(user, token, sc.l.host, sc.l.port)); err != nil {
+	ir := mech.initialResponse(user, token, sc.l.host, sc.l.port)
+	if err := sc.send("AUTH " + mech.saslName() + " " + ir); err != nil {
 		return err
 	}
-	for answered := false; ; answered = true {
+	for answered, resent := false, false; ; {
 		r, err := sc.readReply()
 		if err != nil {
 			return err
@@ -274,12 +275,20 @@ func (sc *serverConn) smtpLogin(ctx context.Context, user, token string) error {
 		case r.code == 235:
 			sc.success = fmt.Sprintf("%d %s", r.code, strings.Join(r.lines, " "))
 			return nil
+		case r.code == 334 && r.text() == "" && !resent && !answered:
+			// An empty challenge: a server that ignored the initial
+			// response and asks for it (RFC 4954 §4 allows it).
+			if err := sc.send(ir); err != nil {
+				return err
+			}
+			resent = true
 		case r.code == 334 && !answered:
 			// The error challenge (base64 JSON): answer it for the verdict.
 			sc.challenge(r.text())
 			if err := sc.send(mech.errorAnswer()); err != nil {
 				return err
 			}
+			answered = true
 		case r.code == 535 || r.code == 534 || r.code == 530:
 			// 535 credentials invalid, 534 mechanism too weak / web
 			// login required, 530 authentication required: a verdict on
