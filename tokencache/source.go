@@ -50,6 +50,9 @@ type Config struct {
 	LoginURL string
 	// Revocation is where tokens are revoked; an empty URL: nowhere.
 	Revocation Revocation
+	// Warnings are said about the entry on /tokens at every look
+	// (insecure_skip_verify, plain http).
+	Warnings []string
 
 	// DefaultTTL is the lifetime of a token whose response gives none (no
 	// expires_in, or 0) and that is not a JWT with an exp claim.

@@ -53,6 +53,9 @@ type Status struct {
 	// the cache (Redis), "degraded" while it is unreachable; empty when
 	// the process keeps its own.
 	Cache string `json:"cache,omitempty"`
+	// Warnings are the entry's configuration warnings that matter while
+	// it runs (insecure_skip_verify).
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // Ready reports whether the Source holds a usable token.
@@ -81,6 +84,7 @@ func (s *Source) Status() Status {
 		RefreshToken: rec.RefreshToken != "",
 		Subject:      rec.Subject,
 		Cache:        s.cacheMode(),
+		Warnings:     s.cfg.Warnings,
 	}
 	var lr *LoginRequiredError
 	if sn.lastErr != nil {

@@ -233,6 +233,7 @@ func sourceConfig(cfg *Config, name string, trs *transports, sts *stores, opts O
 		TokenURL:    o.TokenURL.String(),
 		TokenMethod: string(o.TokenMethod),
 		LoginURL:    loginURL,
+		Warnings:    o.tlsWarnings(),
 		Store:       store,
 		Revocation:  tokencache.Revocation{URL: o.RevokeURL.String(), Method: string(o.RevokeMethod)},
 		Params:      o.tokenParams(),
