@@ -14,6 +14,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 
 	"github.com/oauthproxy/oauthproxy/proxy"
+	"github.com/oauthproxy/oauthproxy/proxy/mail"
 	"github.com/oauthproxy/oauthproxy/tokencache"
 )
 
@@ -48,6 +49,7 @@ type Runtime struct {
 	transports   *transports
 	stores       *stores
 	cache        *sharedCache // nil: no cache section
+	mail         map[string]*mail.Account
 }
 
 // Build turns a loaded Config into a route table, transports and token
@@ -123,6 +125,18 @@ func Build(cfg *Config, prev *Runtime, opts Options) (*Runtime, error) {
 			Transport:        rt.transports.upstream(r),
 		})
 	}
+	for _, name := range slices.Sorted(maps.Keys(cfg.mailUses())) {
+		if _, ok := rt.Sources[name]; ok {
+			continue
+		}
+		src, err := rt.source(cfg, name, prev, opts)
+		if err != nil {
+			rt.closeNew(prev)
+			return nil, err
+		}
+		rt.Sources[name] = src
+	}
+	rt.mail = rt.mailAccounts()
 	table, err := rt.Handler.NewTable(routes, cfg.inbound())
 	if err != nil {
 		rt.closeNew(prev)
@@ -391,6 +405,13 @@ func (c *Config) AddSecrets(sc *tokencache.Scrubber) {
 	}
 	if a := c.AdminAuth; a != nil {
 		sc.Add(a.Password.Secret)
+	}
+	if c.Mail != nil {
+		for _, a := range c.Mail.Accounts {
+			if a != nil {
+				sc.Add(a.Password.Secret)
+			}
+		}
 	}
 	if c.Cache != nil {
 		sc.Add(c.Cache.Key.Secret)

@@ -33,7 +33,9 @@ type Config struct {
 	// inbound mTLS when it requires client certificates.
 	TLS *ListenTLS `yaml:"tls"`
 	// Cache, when set, shares tokens between replicas through Redis.
-	Cache    *Cache    `yaml:"cache"`
+	Cache *Cache `yaml:"cache"`
+	// Mail holds the IMAP, POP3 and SMTP listeners.
+	Mail     *Mail     `yaml:"mail"`
 	Routes   []*Route  `yaml:"routes"`
 	File     string    `yaml:"-"` // the file it was loaded from
 	Warnings []Problem `yaml:"-"` // what is allowed but worth saying at every start

@@ -56,10 +56,11 @@ func (v *validator) run() {
 		v.oauth2(name, c.OAuth2[name])
 	}
 
-	if len(c.Routes) == 0 {
-		v.addAt(at(c.Pos, "routes"), "routes", "no routes: define at least one")
+	v.mail()
+	if len(c.Routes) == 0 && (c.Mail == nil || len(c.Mail.Listeners) == 0) {
+		v.addAt(at(c.Pos, "routes"), "routes", "no routes: define at least one (or mail listeners)")
 	}
-	used := map[string]bool{}
+	used := c.mailUses()
 	prefixes := map[string]int{} // normalized prefix -> route index
 	for i, r := range c.Routes {
 		v.route(i, r, prefixes)

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/oauthproxy/oauthproxy/upstreams"
@@ -126,6 +127,7 @@ func (a *app) reload(why string) error {
 		{"listen", prev.Config.Listen, cfg.Listen},
 		{"admin_listen", prev.Config.AdminListen, cfg.AdminListen},
 		{"server", fmtServer(prev.Config.Server), fmtServer(cfg.Server)},
+		{"mail.listeners", fmtMail(prev.Config), fmtMail(cfg)},
 		{"log.format, log.access, log.access_query", fmt.Sprint(prev.Config.Log.Format, prev.Config.Log.Access, prev.Config.Log.AccessQuery),
 			fmt.Sprint(cfg.Log.Format, cfg.Log.Access, cfg.Log.AccessQuery)},
 	} {
@@ -161,4 +163,26 @@ func (a *app) reload(why string) error {
 func fmtServer(s upstreams.Server) string {
 	s.Pos = nil
 	return fmt.Sprintf("%+v", s)
+}
+
+// fmtMail is what of the mail listeners a restart changes: all of them
+// but the accounts.
+func fmtMail(c *upstreams.Config) string {
+	if c.Mail == nil {
+		return ""
+	}
+	var b strings.Builder
+	for _, l := range c.Mail.Listeners {
+		if l != nil {
+			fmt.Fprintf(&b, "%s %s %s %s", l.Protocol, l.Listen, l.Server, l.Mechanism)
+			if t := l.ServerTLS; t != nil {
+				fmt.Fprintf(&b, " %s %s %v %s %s %v", t.Mode, t.CAFile, t.CAOnly, t.ServerName, t.MinVersion, t.InsecureSkipVerify)
+			}
+			if t := l.TLS; t != nil {
+				fmt.Fprintf(&b, " %s %s %s", t.Mode, t.CertFile, t.KeyFile)
+			}
+			b.WriteString(";")
+		}
+	}
+	return b.String()
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/oauthproxy/oauthproxy/cmd/oauthproxy/internal/admin"
 	"github.com/oauthproxy/oauthproxy/cmd/oauthproxy/internal/server"
 	"github.com/oauthproxy/oauthproxy/proxy"
+	"github.com/oauthproxy/oauthproxy/proxy/mail"
 	"github.com/oauthproxy/oauthproxy/tokencache"
 	"github.com/oauthproxy/oauthproxy/upstreams"
 )
@@ -178,15 +179,28 @@ func serve(ctx context.Context, cfg *upstreams.Config, log *slog.Logger, scrub *
 		return fmt.Errorf("admin_listen: %w", err)
 	}
 	servers := []*server.Server{proxySrv, adminSrv}
+	mails, err := a.listenMail(cfg)
+	if err != nil {
+		proxySrv.Shutdown(context.Background())
+		adminSrv.Shutdown(context.Background())
+		return err
+	}
 
 	rt.Start() // fetch every token now, then renew each before it expires
 	a.serving.Store(true)
-	errc := make(chan error, len(servers))
+	errc := make(chan error, len(servers)+len(mails))
 	for _, s := range servers {
 		go func() { errc <- s.Serve() }()
 	}
+	for _, m := range mails {
+		go func() {
+			if err := m.l.Serve(m.ln); !errors.Is(err, mail.ErrListenerClosed) {
+				errc <- fmt.Errorf("mail listener %s: %w", m.l.Name, err)
+			}
+		}()
+	}
 	log.Info("oauthproxy serving", "version", versionString(), "config", cfg.File,
-		"listen", proxySrv.Addr().String(), "admin", adminSrv.Addr().String(), "routes", len(cfg.Routes))
+		"listen", proxySrv.Addr().String(), "admin", adminSrv.Addr().String(), "routes", len(cfg.Routes), "mail_listeners", mailAddrs(mails))
 	if opts.listening != nil {
 		opts.listening(proxySrv.Addr(), adminSrv.Addr())
 	}
@@ -219,15 +233,58 @@ wait:
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.Server.ShutdownTimeout)
 	defer cancel()
+	var wg sync.WaitGroup
+	for _, m := range mails { // logged-in sessions are relays: they get the same deadline
+		wg.Go(func() { m.l.Shutdown(sctx) })
+	}
 	if err := proxySrv.Shutdown(sctx); err != nil {
 		log.Warn("shutdown timeout over: closed the connections left", "error", err)
 	}
+	wg.Wait()
 	a.revokeOnShutdown()
 	actx, acancel := context.WithTimeout(context.Background(), time.Second)
 	defer acancel()
 	adminSrv.Shutdown(actx)
 	log.Info("stopped")
 	return serveErr
+}
+
+// mailListener is a mail listener and its socket.
+type mailListener struct {
+	l  *mail.Listener
+	ln net.Listener
+}
+
+// listenMail opens the mail listeners of cfg. Their accounts are looked up
+// in the runtime in service, so that a reload changes them at once; the
+// listeners themselves change with a restart.
+func (a *app) listenMail(cfg *upstreams.Config) ([]mailListener, error) {
+	if cfg.Mail == nil {
+		return nil, nil
+	}
+	var out []mailListener
+	for i := range cfg.Mail.Listeners {
+		l := cfg.MailListener(i)
+		l.Accounts = func(login string) (*mail.Account, bool) { return a.runtime().MailAccount(login) }
+		l.Logger, l.Meter = a.log, a.tel.meter
+		ln, err := net.Listen("tcp", l.Name)
+		if err != nil {
+			for _, m := range out {
+				m.ln.Close()
+			}
+			return nil, fmt.Errorf("mail.listeners[%d] %s: %w", i, l.Protocol, err)
+		}
+		out = append(out, mailListener{l, ln})
+	}
+	return out, nil
+}
+
+func mailAddrs(ms []mailListener) []string {
+	var out []string
+	for _, m := range ms {
+		out = append(out, string(m.l.Protocol)+" "+m.ln.Addr().String())
+	}
+	return out
 }
 
 // returnLoadMemory gives the memory a large config's loading used (the
