@@ -73,11 +73,12 @@ func cmdDemo(args []string, stdout, stderr io.Writer) int {
 oauthproxy demo: an authorization server, an API that demands its tokens,
 and the proxy between them, all on loopback.
 
+  admin page            %s/  <- open it: the token's state, Get token, Revoke
+
   authorization server  %s/token  (client "demo-app", client_credentials,
                         tokens live %s)
   echo API              %s/  (401 without a valid token)
   proxy                 %s/echo/ -> echo API, with a token
-  admin                 %s/
 
 Try:
   curl -s %s/echo/hello?name=world        # the proxy adds the token
@@ -88,7 +89,7 @@ Try:
 
 Ctrl-C stops it.
 
-`, idpURL, *ttl, apiURL, p, a, p, apiURL, a, a, p)
+`, a, idpURL, *ttl, apiURL, p, p, apiURL, a, a, p)
 	}})
 	if err != nil {
 		log.Error("oauthproxy demo failed", "error", err)
