@@ -20,7 +20,7 @@ routes:
 	}{
 		{"loopback without auth", "admin_listen: 127.0.0.1:9090", ""},
 		{"beyond loopback without auth", "admin_listen: 0.0.0.0:9090",
-			`admin_listen: "0.0.0.0:9090" is reachable beyond this machine: the admin page, /tokens, sign-in and the actions answer 403 there until admin_auth is set`},
+			`admin_listen: "0.0.0.0:9090" is reachable beyond this machine: the admin page, /tokens, sign-in and the actions answer 403 there until admin_auth or admin_tls with client_ca_file is set`},
 		{"beyond loopback with auth", "admin_listen: 0.0.0.0:9090\nadmin_auth: {username: ops, password: \"${P}\"}", ""},
 		{"password in the file", "admin_auth: {username: ops, password: a-long-password-in-the-file}",
 			"admin_auth.password: written in the file"},

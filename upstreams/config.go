@@ -32,6 +32,10 @@ type Config struct {
 	// TLS, when set, serves listen over HTTPS (HTTP/2 offered), with
 	// inbound mTLS when it requires client certificates.
 	TLS *ListenTLS `yaml:"tls"`
+	// AdminTLS serves admin_listen over HTTPS; with required client
+	// certificates it admits the page and actions beyond loopback, as
+	// admin_auth does.
+	AdminTLS *ListenTLS `yaml:"admin_tls"`
 	// Cache, when set, shares tokens between replicas through Redis.
 	Cache *Cache `yaml:"cache"`
 	// Mail holds the IMAP, POP3 and SMTP listeners.

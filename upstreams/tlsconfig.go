@@ -271,6 +271,21 @@ type ListenTLS struct {
 
 func (t *ListenTLS) requiresClientCert() bool { return t != nil && t.RequireClientCert }
 
+// AdminTLSConfig is the TLS of the admin listener (admin_tls), nil for
+// plain HTTP.
+func (c *Config) AdminTLSConfig() *tls.Config {
+	if c.AdminTLS == nil {
+		return nil
+	}
+	return c.AdminTLS.ready
+}
+
+// AdminClientCerts reports whether the admin listener verifies client
+// certificates (admin_tls.client_ca_file): a request with a verified one
+// is admitted as one with the admin_auth login is. Without
+// require_client_cert, probes still connect without a certificate.
+func (c *Config) AdminClientCerts() bool { return c.AdminTLS != nil && c.AdminTLS.ClientCAFile != "" }
+
 // ListenTLSConfig is the TLS of the proxy listener, nil for plain HTTP.
 // Its certificate is read again when its files change: new connections
 // get the new one. Other changes to tls take a restart.
@@ -283,14 +298,20 @@ func (c *Config) ListenTLSConfig() *tls.Config {
 
 // listenTLS checks the top-level tls: section and loads its files.
 func (v *validator) listenTLS() {
-	t := v.cfg.TLS
+	v.serverTLS(v.cfg.TLS, "tls", "listen", v.cfg.Listen)
+	v.serverTLS(v.cfg.AdminTLS, "admin_tls", "admin_listen", v.cfg.AdminListen)
+}
+
+// serverTLS checks a listener's tls section (path) for the listener of
+// the key listenKey, and loads its files.
+func (v *validator) serverTLS(t *ListenTLS, path, listenKey, listen string) {
 	if t == nil {
 		return
 	}
-	p, path := t.Pos, "tls"
+	p := t.Pos
 	ok := true
-	if strings.HasPrefix(v.cfg.Listen, "unix:") {
-		v.addAt(p[""], path, "listen is a unix socket: tls applies to a host:port listener")
+	if strings.HasPrefix(listen, "unix:") {
+		v.addAt(p[""], path, "%s is a unix socket: %s applies to a host:port listener", listenKey, path)
 		ok = false
 	}
 	v.missing(p, path, "cert_file", t.CertFile, " (the certificate the listener presents)")

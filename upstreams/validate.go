@@ -256,9 +256,9 @@ func (v *validator) admin() {
 			v.addAt(at(c.Pos, "admin_hosts"), fmt.Sprintf("admin_hosts[%d]", i), "%q: want a host name or address without port or scheme", h)
 		}
 	}
-	if c.AdminAuth == nil && !IsLoopbackListen(c.AdminListen) {
+	if c.AdminAuth == nil && !c.AdminClientCerts() && !IsLoopbackListen(c.AdminListen) {
 		if _, _, err := net.SplitHostPort(c.AdminListen); err == nil {
-			v.warnAt(at(c.Pos, "admin_listen"), "admin_listen", "%q is reachable beyond this machine: the admin page, /tokens, sign-in and the actions answer 403 there until admin_auth is set (/healthz, /readyz and /metrics stay open)", c.AdminListen)
+			v.warnAt(at(c.Pos, "admin_listen"), "admin_listen", "%q is reachable beyond this machine: the admin page, /tokens, sign-in and the actions answer 403 there until admin_auth or admin_tls with client_ca_file is set (/healthz, /readyz and /metrics stay open)", c.AdminListen)
 		}
 	}
 }

@@ -167,7 +167,8 @@ func serve(ctx context.Context, cfg *upstreams.Config, log *slog.Logger, scrub *
 	adminSrv, err := server.Listen(server.Config{
 		Addr: cfg.AdminListen,
 		Handler: admin.New(admin.Options{Runtime: a.runtime, Metrics: a.tel.handler, Serving: &a.serving,
-			Loopback: upstreams.IsLoopbackListen(cfg.AdminListen), Scrub: scrub}),
+			Loopback: upstreams.IsLoopbackListen(cfg.AdminListen), ClientCerts: cfg.AdminClientCerts(), Scrub: scrub}),
+		TLS:               cfg.AdminTLSConfig(),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       time.Minute,
 		MaxHeaderBytes:    16 << 10,

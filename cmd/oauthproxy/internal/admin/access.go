@@ -56,8 +56,10 @@ func (h *Handler) protect(next http.HandlerFunc) http.HandlerFunc {
 				deny(w, http.StatusUnauthorized, "unauthorized: the admin page, its JSON, sign-in and actions need the admin_auth login")
 				return
 			}
+		case h.opts.ClientCerts && r.TLS != nil && len(r.TLS.VerifiedChains) > 0:
+			// admin_tls verified the client's certificate
 		case !h.opts.Loopback:
-			deny(w, http.StatusForbidden, "forbidden: admin_listen is beyond loopback and admin_auth is not set; only /healthz, /readyz and /metrics answer")
+			deny(w, http.StatusForbidden, "forbidden: admin_listen is beyond loopback and neither admin_auth nor admin_tls with client certificates is set; only /healthz, /readyz and /metrics answer")
 			return
 		}
 		next(w, r)

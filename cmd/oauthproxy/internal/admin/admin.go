@@ -30,6 +30,10 @@ type Options struct {
 	// socket). Beyond loopback the page, its JSON, sign-in and the
 	// actions need the config's admin_auth, and answer 403 without it.
 	Loopback bool
+	// ClientCerts says the admin listener verifies client certificates
+	// (admin_tls): a request with a verified one is admitted beyond
+	// loopback as admin_auth admits.
+	ClientCerts bool
 	// AdminHosts are Host names accepted besides localhost, loopback
 	// addresses and the config's admin_hosts.
 	AdminHosts []string
