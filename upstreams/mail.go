@@ -252,3 +252,20 @@ func (rt *Runtime) MailAccount(login string) (*mail.Account, bool) {
 	a, ok := rt.mail[strings.ToLower(login)]
 	return a, ok
 }
+
+// Settings describes what of the listener only a restart changes, the CA
+// file's content included (a rotated CA is a change), never a secret.
+func (l *MailListener) Settings() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s %s %s %s", l.Protocol, l.Listen, l.Server, l.Mechanism)
+	if t := l.ServerTLS; t != nil {
+		fmt.Fprintf(&b, " %s %s %v %s %s %v", t.Mode, t.CAFile, t.CAOnly, t.ServerName, t.MinVersion, t.InsecureSkipVerify)
+	}
+	if l.server != nil {
+		b.WriteString(" " + l.server.CADigest)
+	}
+	if t := l.TLS; t != nil {
+		fmt.Fprintf(&b, " %s %s %s", t.Mode, t.CertFile, t.KeyFile)
+	}
+	return b.String()
+}

@@ -174,13 +174,7 @@ func fmtMail(c *upstreams.Config) string {
 	var b strings.Builder
 	for _, l := range c.Mail.Listeners {
 		if l != nil {
-			fmt.Fprintf(&b, "%s %s %s %s", l.Protocol, l.Listen, l.Server, l.Mechanism)
-			if t := l.ServerTLS; t != nil {
-				fmt.Fprintf(&b, " %s %s %v %s %s %v", t.Mode, t.CAFile, t.CAOnly, t.ServerName, t.MinVersion, t.InsecureSkipVerify)
-			}
-			if t := l.TLS; t != nil {
-				fmt.Fprintf(&b, " %s %s %s", t.Mode, t.CertFile, t.KeyFile)
-			}
+			b.WriteString(l.Settings())
 			b.WriteString(";")
 		}
 	}
