@@ -87,6 +87,10 @@ Try:
   curl -s %s/metrics | grep ^oauthproxy_
   curl -s %s/nowhere                       # a proxy error: JSON, with X-Oauthproxy-Error
 
+Beyond this demo: sign-in grants (docs/signin.md), mail listeners that let
+old IMAP/POP3/SMTP clients reach Microsoft 365 and Gmail (docs/mail.md),
+replicas sharing tokens through Redis (docs/replicas.md).
+
 Ctrl-C stops it.
 
 `, a, idpURL, *ttl, apiURL, p, p, apiURL, a, a, p)
