@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 )
@@ -108,6 +109,9 @@ func (v *validator) acme(t *ListenTLS) bool {
 			ok = false
 		}
 		seen[strings.ToLower(d)] = true
+		if !hostAllowed(v.cfg, d) {
+			v.warnAt(at(p, "domains"), k, "%q is not in inbound.allowed_hosts: requests naming it are refused (421) by the Host check; add it there", d)
+		}
 	}
 	if a.Email != "" && (!strings.Contains(a.Email, "@") || strings.ContainsAny(a.Email, " \t<>,")) {
 		v.addAt(at(p, "email"), sub(path, "email"), "%q is not an email address", a.Email)
@@ -177,6 +181,18 @@ func (v *validator) acme(t *ListenTLS) bool {
 	return ok
 }
 
+// hostAllowed reports whether the proxy's Host check accepts requests
+// for host: an IP address, the listen host, or inbound.allowed_hosts.
+func hostAllowed(c *Config, host string) bool {
+	if net.ParseIP(host) != nil || strings.EqualFold(host, "localhost") {
+		return true
+	}
+	if h, _, err := net.SplitHostPort(c.Listen); err == nil && strings.EqualFold(h, host) {
+		return true
+	}
+	return slices.ContainsFunc(c.Inbound.AllowedHosts, func(a string) bool { return strings.EqualFold(strings.TrimSuffix(a, "."), host) })
+}
+
 // checkACMEDomain says what is wrong with a domain to get a certificate
 // for, or "".
 func checkACMEDomain(d string) string {
@@ -209,7 +225,7 @@ func checkACMEDomain(d string) string {
 func writableDir(dir string) error {
 	for d := filepath.Clean(dir); ; d = filepath.Dir(d) {
 		fi, err := os.Stat(d)
-		if errors.Is(err, fs.ErrNotExist) && d != filepath.Dir(d) {
+		if (errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR)) && d != filepath.Dir(d) {
 			continue
 		}
 		if err != nil {
