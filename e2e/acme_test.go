@@ -48,7 +48,7 @@ type pebble struct {
 // 127.0.0.1, whatever the domain.
 func startPebble(t *testing.T, httpPort, tlsPort int) *pebble {
 	t.Helper()
-	t.Setenv("PEBBLE_VA_NOSLEEP", "1")     // no random 0-5 s wait before each validation
+	t.Setenv("PEBBLE_VA_NOSLEEP", "1")      // no random 0-5 s wait before each validation
 	t.Setenv("PEBBLE_WFE_NONCEREJECT", "0") // no deliberately rejected nonces (5% by default)
 	p := &pebble{log: &syncBuffer{}}
 	logger := log.New(p.log, "pebble ", log.Lmicroseconds)
