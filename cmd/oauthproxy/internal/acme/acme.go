@@ -39,29 +39,31 @@ type Manager struct {
 	issuer  *certmagic.ACMEIssuer
 	httpSrv *http.Server // http-01 only
 	cancel  context.CancelFunc
+}
 
-	// renewCheck is how often the cache looks for certificates to renew;
-	// 0: certmagic's default (10 minutes). Tests shorten it.
-	renewCheck time.Duration
+// options are what tests change: certmagic's defaults otherwise.
+type options struct {
+	renewCheck   time.Duration // how often the cache looks for certificates to renew (10 minutes)
+	renewalRatio float64       // renew when less than this part of the lifetime is left (1/3)
 }
 
 // New prepares tls.acme of cfg; it returns nil without one. With
 // challenge http-01 it opens tls.acme.http_listen now, so that a port in
 // use fails the start. Call Start once the proxy listener listens.
 func New(cfg *upstreams.Config, log *slog.Logger) (*Manager, error) {
-	return newManager(cfg, log, 0)
+	return newManager(cfg, log, options{})
 }
 
-func newManager(cfg *upstreams.Config, log *slog.Logger, renewCheck time.Duration) (*Manager, error) {
+func newManager(cfg *upstreams.Config, log *slog.Logger, o options) (*Manager, error) {
 	a := cfg.ListenACME()
 	if a == nil {
 		return nil, nil
 	}
-	m := &Manager{log: log, acme: a, renewCheck: renewCheck}
+	m := &Manager{log: log, acme: a}
 	zl := newZapLogger(log.Handler())
 	m.cache = certmagic.NewCache(certmagic.CacheOptions{
 		GetConfigForCert:   func(certmagic.Certificate) (*certmagic.Config, error) { return m.magic, nil },
-		RenewCheckInterval: renewCheck,
+		RenewCheckInterval: o.renewCheck,
 		Logger:             zl,
 	})
 	m.magic = certmagic.New(m.cache, certmagic.Config{
@@ -71,10 +73,11 @@ func newManager(cfg *upstreams.Config, log *slog.Logger, renewCheck time.Duratio
 		DefaultServerName: a.Domains[0],
 		// Let's Encrypt ended OCSP in 2025; stapling would only add
 		// requests that fail.
-		OCSP:           certmagic.OCSPConfig{DisableStapling: true},
-		Logger:         zl,
-		OnEvent:        m.event,
-		ShouldEmitFunc: func(event string) bool { return event != "tls_get_certificate" }, // every handshake
+		OCSP:               certmagic.OCSPConfig{DisableStapling: true},
+		RenewalWindowRatio: o.renewalRatio,
+		Logger:             zl,
+		OnEvent:            m.event,
+		ShouldEmitFunc:     func(event string) bool { return event != "tls_get_certificate" }, // every handshake
 	})
 	m.issuer = certmagic.NewACMEIssuer(m.magic, certmagic.ACMEIssuer{
 		CA:    a.CA,
