@@ -12,11 +12,13 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/certmagic"
@@ -39,6 +41,7 @@ type Manager struct {
 	issuer  *certmagic.ACMEIssuer
 	httpSrv *http.Server // http-01 only
 	cancel  context.CancelFunc
+	stop    sync.Once
 }
 
 // options are what tests change: certmagic's defaults otherwise.
@@ -153,7 +156,8 @@ func (m *Manager) TLSConfig(base *tls.Config) *tls.Config {
 // Start loads the certificates storage holds and has the missing ones
 // obtained in the background, then renewed before they expire, until ctx
 // ends or Stop. addr is where the proxy listener listens: tls-alpn-01 is
-// answered there. It fails only when storage cannot be read.
+// answered there. It fails only when storage cannot be read. Call it once,
+// before the listener serves.
 func (m *Manager) Start(ctx context.Context, addr net.Addr) error {
 	if m == nil {
 		return nil
@@ -166,24 +170,48 @@ func (m *Manager) Start(ctx context.Context, addr net.Addr) error {
 	ctx, m.cancel = context.WithCancel(ctx)
 	m.log.Info("acme: managing certificates", "domains", m.acme.Domains, "ca", m.acme.CA,
 		"challenge", string(m.acme.Challenge), "storage", m.acme.Storage)
+	// Load what storage holds here rather than in certmagic's background:
+	// a restart serves its certificate from the first handshake, and a
+	// storage that cannot be read fails the start, naming it.
+	due := false
+	for _, d := range m.acme.Domains {
+		cert, err := m.magic.CacheManagedCertificate(ctx, d)
+		switch {
+		case errors.Is(err, fs.ErrNotExist): // obtained below
+		case err != nil:
+			return fmt.Errorf("tls.acme: loading the certificate of %s from storage %s: %w", d, m.acme.Storage, err)
+		default:
+			due = due || cert.NeedsRenewal(m.magic)
+		}
+	}
+	// Obtains the missing certificates; the loaded ones it leaves to the
+	// cache's maintenance, which renews them.
 	if err := m.magic.ManageAsync(ctx, m.acme.Domains); err != nil {
 		return fmt.Errorf("tls.acme (storage %s): %w", m.acme.Storage, err)
+	}
+	if due {
+		// Maintenance looks every 10 minutes; a renewal already due (the
+		// proxy was down for weeks) starts now.
+		go m.cache.RenewManagedCertificates(ctx)
 	}
 	return nil
 }
 
-// Stop ends obtaining and renewing, and closes http_listen.
+// Stop ends obtaining and renewing, and closes http_listen. Calls after
+// the first do nothing.
 func (m *Manager) Stop() {
 	if m == nil {
 		return
 	}
-	if m.cancel != nil {
-		m.cancel()
-	}
-	if m.httpSrv != nil {
-		m.httpSrv.Close()
-	}
-	m.cache.Stop()
+	m.stop.Do(func() {
+		if m.cancel != nil {
+			m.cancel()
+		}
+		if m.httpSrv != nil {
+			m.httpSrv.Close()
+		}
+		m.cache.Stop()
+	})
 }
 
 // event logs what an operator needs from certmagic's events, with stable

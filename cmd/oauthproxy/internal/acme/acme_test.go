@@ -245,38 +245,42 @@ func TestRenewal(t *testing.T) {
 
 	cfg := parse(t, fmt.Sprintf("tls: {acme: {ca: %s, ca_root_file: %s, domains: [proxy.oauthproxy.test], storage: %s}}",
 		acmeSrv.URL+wfe.DirectoryPath, rootFile, t.TempDir()))
-	rec := &records{}
-	// A 60 s certificate renewed once less than 95% of it is left: after
-	// about 3 s, checked every 500 ms.
-	m, err := newManager(cfg, slog.New(rec), options{renewCheck: 500 * time.Millisecond, renewalRatio: 0.95})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(m.Stop)
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", m.TLSConfig(cfg.ListenTLSConfig()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { c.(*tls.Conn).Handshake(); c.Close() }()
-		}
-	}()
-	if err := m.Start(context.Background(), ln.Addr()); err != nil {
-		t.Fatal(err)
-	}
-	serial := func() string {
-		c, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{RootCAs: roots, ServerName: "proxy.oauthproxy.test"})
+
+	// start runs a manager and a TLS listener with its config; serial
+	// dials it and returns the serial of the certificate served, "" for
+	// none.
+	start := func(o options, rec *records) (m *Manager, serial func() string) {
+		t.Helper()
+		m, err := newManager(cfg, slog.New(rec), o)
 		if err != nil {
-			return ""
+			t.Fatal(err)
 		}
-		defer c.Close()
-		return c.ConnectionState().PeerCertificates[0].SerialNumber.String()
+		t.Cleanup(m.Stop)
+		ln, err := tls.Listen("tcp", "127.0.0.1:0", m.TLSConfig(cfg.ListenTLSConfig()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				go func() { c.(*tls.Conn).Handshake(); c.Close() }()
+			}
+		}()
+		if err := m.Start(context.Background(), ln.Addr()); err != nil {
+			t.Fatal(err)
+		}
+		return m, func() string {
+			c, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{RootCAs: roots, ServerName: "proxy.oauthproxy.test"})
+			if err != nil {
+				return ""
+			}
+			defer c.Close()
+			return c.ConnectionState().PeerCertificates[0].SerialNumber.String()
+		}
 	}
 	// Polling what the listener serves, against a deadline: the manager
 	// works in the background and says nothing to wait on but its log.
@@ -288,26 +292,54 @@ func TestRenewal(t *testing.T) {
 			}
 		}
 	}
+	renewalLogged := func(rec *records) bool {
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		for _, r := range rec.recs {
+			renewed := false
+			r.Attrs(func(a slog.Attr) bool {
+				renewed = renewed || a.Key == "renewal" && a.Value.Bool()
+				return true
+			})
+			if r.Message == "acme: certificate obtained" && renewed {
+				return true
+			}
+		}
+		return false
+	}
+
+	// A 60 s certificate renewed once less than 95% of it is left: after
+	// about 3 s, checked every 500 ms.
+	rec := &records{}
+	m, serial := start(options{renewCheck: 500 * time.Millisecond, renewalRatio: 0.95}, rec)
 	var first string
 	waitFor("the first certificate served", func() bool { first = serial(); return first != "" })
 	if got, ok := rec.find("acme: certificate obtained"); !ok || got["renewal"] != false {
 		t.Errorf("the first certificate's log line: %v", got)
 	}
-	waitFor("a renewed certificate served", func() bool { s := serial(); return s != "" && s != first })
 	if got, ok := rec.find("acme: obtaining a certificate"); !ok || got["domain"] != "proxy.oauthproxy.test" {
 		t.Errorf("obtaining is not logged: %v", got)
 	}
-	renewed := false
-	rec.mu.Lock()
-	for _, r := range rec.recs {
-		r.Attrs(func(a slog.Attr) bool {
-			renewed = renewed || r.Message == "acme: certificate obtained" && a.Key == "renewal" && a.Value.Bool()
-			return true
-		})
-	}
-	rec.mu.Unlock()
-	if !renewed {
+	waitFor("a renewed certificate served", func() bool { s := serial(); return s != "" && s != first })
+	if !renewalLogged(rec) {
 		t.Error("the renewal is not logged as one")
+	}
+	m.Stop()
+
+	// A restart serves the stored certificate from the first handshake,
+	// and renews one that is due at once, not at the first check an hour on.
+	rec2 := &records{}
+	_, serial2 := start(options{renewCheck: time.Hour, renewalRatio: 1}, rec2)
+	if _, ok := rec2.find("acme: certificate in use"); !ok {
+		t.Error("Start returned before the stored certificate was loaded")
+	}
+	stored := serial2()
+	if stored == "" {
+		t.Fatal("the restarted manager serves no certificate right after Start")
+	}
+	waitFor("a due certificate renewed after a restart", func() bool { s := serial2(); return s != "" && s != stored })
+	if !renewalLogged(rec2) {
+		t.Error("the renewal after the restart is not logged as one")
 	}
 }
 
