@@ -195,7 +195,12 @@ func TestACMEListener(t *testing.T) {
 			}
 
 			p := startProxy(t, cfg)
-			p.waitACME("acme: certificate obtained", "acme: getting a certificate failed; retrying with backoff", 60*time.Second)
+			// "in use" comes once the certificate is in the cache that
+			// handshakes read; "obtained" a moment before.
+			p.waitACME("acme: certificate in use", "acme: getting a certificate failed; retrying with backoff", 60*time.Second)
+			if len(p.logLines("acme: certificate obtained")) != 1 {
+				t.Error("the new certificate is not logged as obtained")
+			}
 			first := call()
 			if n := acmeCA.orders.Load(); n != 1 {
 				t.Errorf("%d orders at Pebble, want 1", n)
