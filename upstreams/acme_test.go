@@ -93,6 +93,7 @@ func TestACMEProblems(t *testing.T) {
 		{"http_listen with tls-alpn-01", "tls: {acme: {" + storage + "domains: [a.example.com], http_listen: ':80'}}", "tls.acme.http_listen: only applies to challenge: http-01"},
 		{"http_listen not host:port", "tls: {acme: {" + storage + "domains: [a.example.com], challenge: http-01, http_listen: '80'}}", `tls.acme.http_listen: "80" is not host:port`},
 		{"http_listen on listen's port", "listen: 127.0.0.1:8443\ntls: {acme: {" + storage + "domains: [a.example.com], challenge: http-01, http_listen: ':8443'}}", `tls.acme.http_listen: ":8443" takes the port of listen or admin_listen`},
+		{"on the admin listener", "admin_tls: {acme: {" + storage + "domains: [a.example.com]}}", "admin_tls.acme: is for the proxy listener (tls) only"},
 		{"an unknown key", "tls: {acme: {" + storage + "domains: [a.example.com], agree: true}}", "agree"},
 		{"on a unix socket", "listen: unix:/tmp/p.sock\ntls: {acme: {" + storage + "domains: [a.example.com], ca_root_file: " + caFile + "}}", "tls: listen is a unix socket"},
 	}

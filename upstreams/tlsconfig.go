@@ -326,6 +326,10 @@ func (v *validator) serverTLS(t *ListenTLS, path, listenKey, listen string) {
 		cfg.MinVersion = tls.VersionTLS13
 	}
 	switch {
+	case t.ACME != nil && path != "tls":
+		// One certificate manager per process, for the proxy listener.
+		v.addAt(at(p, "acme"), path+".acme", "is for the proxy listener (tls) only: give %s cert_file and key_file", path)
+		ok = false
 	case t.ACME != nil:
 		ok = v.acme(t) && ok
 		cfg.GetCertificate = func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
