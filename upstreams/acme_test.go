@@ -34,6 +34,10 @@ func TestACMEDefaults(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			doc := "inbound: {allowed_hosts: [proxy.example.com]}\n" + tc.doc + acmeRest
 			cfg, err := Parse(filepath.Join(dir, "c.yaml"), []byte(doc), env(tc.env...))
+			if err != nil && tc.wantStorage == DefaultACMEStorage && writableDir(DefaultACMEStorage) != nil &&
+				strings.Contains(err.Error(), "tls.acme.storage: "+DefaultACMEStorage) {
+				return // not root: check refuses the default, as it should
+			}
 			if err != nil {
 				t.Fatal(err)
 			}
