@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -251,10 +252,14 @@ func (c *Config) SetLogger(log *slog.Logger) {
 }
 
 // ListenTLS is the top-level tls: HTTPS on listen, with a certificate and
-// key from files that are read again when they change, and inbound mTLS.
+// key from files that are read again when they change, or from an ACME CA,
+// and inbound mTLS.
 type ListenTLS struct {
 	CertFile string `yaml:"cert_file"`
 	KeyFile  string `yaml:"key_file"`
+	// ACME, instead of CertFile and KeyFile, gets the certificate from an
+	// ACME CA and renews it.
+	ACME *ACME `yaml:"acme"`
 	// ClientCAFile holds the CAs whose client certificates are accepted.
 	ClientCAFile string `yaml:"client_ca_file"`
 	// RequireClientCert refuses, at the handshake, a client without a
@@ -288,7 +293,9 @@ func (c *Config) AdminClientCerts() bool { return c.AdminTLS != nil && c.AdminTL
 
 // ListenTLSConfig is the TLS of the proxy listener, nil for plain HTTP.
 // Its certificate is read again when its files change: new connections
-// get the new one. Other changes to tls take a restart.
+// get the new one. Other changes to tls take a restart. With tls.acme it
+// has no certificate until cmd/oauthproxy/internal/acme supplies them:
+// its handshakes fail rather than go without.
 func (c *Config) ListenTLSConfig() *tls.Config {
 	if c.TLS == nil {
 		return nil
@@ -314,13 +321,21 @@ func (v *validator) serverTLS(t *ListenTLS, path, listenKey, listen string) {
 		v.addAt(p[""], path, "%s is a unix socket: %s applies to a host:port listener", listenKey, path)
 		ok = false
 	}
-	v.missing(p, path, "cert_file", t.CertFile, " (the certificate the listener presents)")
-	v.missing(p, path, "key_file", t.KeyFile, "")
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12, NextProtos: []string{"h2", "http/1.1"}}
 	if t.MinVersion == "1.3" {
 		cfg.MinVersion = tls.VersionTLS13
 	}
-	if t.CertFile != "" && t.KeyFile != "" {
+	switch {
+	case t.ACME != nil && path != "tls":
+		// One certificate manager per process, for the proxy listener.
+		v.addAt(at(p, "acme"), path+".acme", "is for the proxy listener (tls) only: give %s cert_file and key_file", path)
+		ok = false
+	case t.ACME != nil:
+		ok = v.acme(t) && ok
+		cfg.GetCertificate = func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			return nil, errors.New("tls.acme: the certificate manager is not running")
+		}
+	case t.CertFile != "" && t.KeyFile != "":
 		t.CertFile, t.KeyFile = v.res.path(t.CertFile), v.res.path(t.KeyFile)
 		kp, err := tokencache.LoadKeyPair(t.KeyFile, t.CertFile, tokencache.KeyPairOptions{})
 		if err != nil {
@@ -330,14 +345,16 @@ func (v *validator) serverTLS(t *ListenTLS, path, listenKey, listen string) {
 			}
 			v.addAt(at(p, key), path+"."+key, "%v", err)
 			ok = false
-		} else {
-			v.certExpiry(at(p, "cert_file"), path+".cert_file", t.CertFile, kp.Current().Certs[0])
-			t.keys = kp
-			cfg.GetCertificate = func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-				return kp.Current().TLSCertificate(), nil
-			}
+			break
 		}
-	} else {
+		v.certExpiry(at(p, "cert_file"), path+".cert_file", t.CertFile, kp.Current().Certs[0])
+		t.keys = kp
+		cfg.GetCertificate = func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			return kp.Current().TLSCertificate(), nil
+		}
+	default:
+		v.missing(p, path, "cert_file", t.CertFile, " (the certificate the listener presents), or acme")
+		v.missing(p, path, "key_file", t.KeyFile, "")
 		ok = false
 	}
 	switch {

@@ -535,7 +535,7 @@ func TestTLSDocExamples(t *testing.T) {
 	}
 	dir := t.TempDir()
 	ca := newTestCA(t, "docs CA")
-	files := map[string][]byte{"/certs/corp-ca.pem": ca.pem, "/certs/partner-ca.pem": ca.pem, "/certs/clients.pem": ca.pem}
+	files := map[string][]byte{"/certs/corp-ca.pem": ca.pem, "/certs/partner-ca.pem": ca.pem, "/certs/clients.pem": ca.pem, "/certs/acme-ca.pem": ca.pem}
 	rsaKey, _ := rsa.GenerateKey(rand.Reader, 2048)
 	files["/secrets/client.crt"], files["/secrets/client.key"], _ = ca.issue(t, "client", time.Now().Add(time.Hour))
 	files["/certs/tls.crt"], files["/certs/tls.key"], _ = ca.issue(t, "proxy.internal", time.Now().Add(time.Hour))
@@ -553,6 +553,7 @@ func TestTLSDocExamples(t *testing.T) {
 		t.Fatalf("%d yaml examples in docs/tls.md", len(blocks))
 	}
 	for i, b := range blocks {
+		b = strings.ReplaceAll(b, "/var/lib/oauthproxy/acme", filepath.Join(dir, "acme")) // the ACME storage: a directory to create
 		for path, content := range files {
 			local := filepath.Join(dir, filepath.Base(path))
 			writeTo(t, local, content)

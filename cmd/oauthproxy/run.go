@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/oauthproxy/oauthproxy/cmd/oauthproxy/internal/acme"
 	"github.com/oauthproxy/oauthproxy/cmd/oauthproxy/internal/admin"
 	"github.com/oauthproxy/oauthproxy/cmd/oauthproxy/internal/server"
 	"github.com/oauthproxy/oauthproxy/proxy"
@@ -149,6 +150,11 @@ func serve(ctx context.Context, cfg *upstreams.Config, log *slog.Logger, scrub *
 		a.reloadMu.Unlock()
 	}()
 
+	certs, err := acme.New(cfg, log) // nil without tls.acme
+	if err != nil {
+		return err
+	}
+	defer certs.Stop()
 	errLog := slog.NewLogLogger(log.Handler(), slog.LevelDebug)
 	proxySrv, err := server.Listen(server.Config{
 		Addr:              cfg.Listen,
@@ -159,10 +165,14 @@ func serve(ctx context.Context, cfg *upstreams.Config, log *slog.Logger, scrub *
 		MaxHeaderBytes:    int(cfg.Server.MaxHeaderBytes),
 		MaxConns:          cfg.Server.MaxConnections,
 		ErrorLog:          errLog,
-		TLS:               cfg.ListenTLSConfig(),
+		TLS:               certs.TLSConfig(cfg.ListenTLSConfig()),
 	})
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
+	}
+	if err := certs.Start(ctx, proxySrv.Addr()); err != nil {
+		proxySrv.Shutdown(context.Background())
+		return err
 	}
 	adminSrv, err := server.Listen(server.Config{
 		Addr: cfg.AdminListen,
