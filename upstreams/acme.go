@@ -9,7 +9,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"syscall"
 )
@@ -109,9 +108,6 @@ func (v *validator) acme(t *ListenTLS) bool {
 			ok = false
 		}
 		seen[strings.ToLower(d)] = true
-		if !hostAllowed(v.cfg, d) {
-			v.warnAt(at(p, "domains"), k, "%q is not in inbound.allowed_hosts: requests naming it are refused (421) by the Host check; add it there", d)
-		}
 	}
 	if a.Email != "" && (!strings.Contains(a.Email, "@") || strings.ContainsAny(a.Email, " \t<>,")) {
 		v.addAt(at(p, "email"), sub(path, "email"), "%q is not an email address", a.Email)
@@ -179,18 +175,6 @@ func (v *validator) acme(t *ListenTLS) bool {
 		ok = false
 	}
 	return ok
-}
-
-// hostAllowed reports whether the proxy's Host check accepts requests
-// for host: an IP address, the listen host, or inbound.allowed_hosts.
-func hostAllowed(c *Config, host string) bool {
-	if net.ParseIP(host) != nil || strings.EqualFold(host, "localhost") {
-		return true
-	}
-	if h, _, err := net.SplitHostPort(c.Listen); err == nil && strings.EqualFold(h, host) {
-		return true
-	}
-	return slices.ContainsFunc(c.Inbound.AllowedHosts, func(a string) bool { return strings.EqualFold(strings.TrimSuffix(a, "."), host) })
 }
 
 // checkACMEDomain says what is wrong with a domain to get a certificate

@@ -363,6 +363,9 @@ func (c *Config) inbound() proxy.Inbound {
 	if host, _, err := net.SplitHostPort(c.Listen); err == nil && host != "" && net.ParseIP(host) == nil {
 		in.AllowedHosts = append(in.AllowedHosts, host)
 	}
+	if a := c.ListenACME(); a != nil { // the names the certificate is for are this proxy's
+		in.AllowedHosts = append(in.AllowedHosts, a.Domains...)
+	}
 	return in
 }
 

@@ -128,6 +128,7 @@ func (a *app) reload(why string) error {
 		{"admin_listen", prev.Config.AdminListen, cfg.AdminListen},
 		{"server", fmtServer(prev.Config.Server), fmtServer(cfg.Server)},
 		{"mail.listeners", fmtMail(prev.Config), fmtMail(cfg)},
+		{"tls, admin_tls", fmt.Sprintf("%+v %+v", tlsFiles(prev.Config.TLS), tlsFiles(prev.Config.AdminTLS)), fmt.Sprintf("%+v %+v", tlsFiles(cfg.TLS), tlsFiles(cfg.AdminTLS))},
 		{"log.format, log.access, log.access_query", fmt.Sprint(prev.Config.Log.Format, prev.Config.Log.Access, prev.Config.Log.AccessQuery),
 			fmt.Sprint(cfg.Log.Format, cfg.Log.Access, cfg.Log.AccessQuery)},
 	} {
@@ -179,4 +180,17 @@ func fmtMail(c *upstreams.Config) string {
 		}
 	}
 	return b.String()
+}
+
+// tlsFiles is what of a listener's tls section a restart changes (the
+// certificate files' contents are re-read without one).
+func tlsFiles(t *upstreams.ListenTLS) string {
+	if t == nil {
+		return ""
+	}
+	s := fmt.Sprint(t.CertFile, t.KeyFile, t.ClientCAFile, t.ClientCADigest, t.RequireClientCert, t.MinVersion)
+	if a := t.ACME; a != nil {
+		s += fmt.Sprint(a.Domains, a.Email, a.CA, a.Storage, a.Challenge, a.HTTPListen)
+	}
+	return s
 }
