@@ -2,6 +2,10 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
+	"crypto"
+	"crypto/rsa"
+	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -9,6 +13,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"regexp"
@@ -554,4 +561,349 @@ func TestReplicasShortTokensAndRedisOutage(t *testing.T) {
 			}
 		})
 	}
+}
+
+// provider is an oidc-provider of one test (e2e/idp/oidc.mjs), for access
+// tokens shorter-lived than the suite's: it rotates refresh tokens on
+// every use and revokes the grant when a spent one comes back.
+type provider struct {
+	iss string
+	out *syncBuffer
+}
+
+func startProvider(t *testing.T, tokenTTL int) *provider {
+	t.Helper()
+	needOIDC(t) // Node.js and node_modules, or skip
+	cmd := exec.Command("node", "idp/oidc.mjs")
+	cmd.Env = append(os.Environ(), "OIDC_CLIENTS=[]", fmt.Sprintf("OIDC_TOKEN_TTL=%d", tokenTTL))
+	out := &syncBuffer{}
+	cmd.Stderr = out
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() })
+	first := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			if iss, ok := strings.CutPrefix(sc.Text(), "listening "); ok {
+				first <- iss
+			}
+			out.Write([]byte(sc.Text() + "\n"))
+		}
+	}()
+	select {
+	case iss := <-first:
+		return &provider{iss: iss, out: out}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("oidc-provider did not start:\n%s", out)
+		return nil
+	}
+}
+
+// granted counts the tokens the provider granted to client with grant type gt.
+func (p *provider) granted(client, gt string) int {
+	return strings.Count(p.out.String(), "granted "+client+" "+gt+"\n")
+}
+
+// refused returns the provider's refusals of client's token requests.
+func (p *provider) refused(client string) []string {
+	var out []string
+	for _, l := range strings.Split(p.out.String(), "\n") {
+		if f := strings.Fields(l); len(f) >= 3 && f[0] == "grant.error" && f[2] == client {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// jwtVerifier checks what a resource server of p checks of an access
+// token: its RS256 signature, issuer, client and expiry.
+func (p *provider) jwtVerifier(t *testing.T, client string) func(string) error {
+	keys, err := fetchJWKS(p.iss)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return func(tok string) error {
+		parts := strings.Split(tok, ".")
+		if len(parts) != 3 {
+			return errors.New("not a JWT")
+		}
+		hb, _ := base64.RawURLEncoding.DecodeString(parts[0])
+		var h struct{ Kid string }
+		json.Unmarshal(hb, &h)
+		key, ok := keys[h.Kid]
+		if !ok {
+			return fmt.Errorf("unknown kid %q", h.Kid)
+		}
+		sig, _ := base64.RawURLEncoding.DecodeString(parts[2])
+		sum := sha256.Sum256([]byte(parts[0] + "." + parts[1]))
+		if err := rsa.VerifyPKCS1v15(key, crypto.SHA256, sum[:], sig); err != nil {
+			return err
+		}
+		cb, _ := base64.RawURLEncoding.DecodeString(parts[1])
+		var c struct {
+			ClientID string `json:"client_id"`
+			Exp      int64  `json:"exp"`
+		}
+		json.Unmarshal(cb, &c)
+		switch {
+		case c.ClientID != client:
+			return fmt.Errorf("a token of client %q", c.ClientID)
+		case !time.Now().Before(time.Unix(c.Exp, 0)):
+			return errors.New("expired")
+		}
+		return nil
+	}
+}
+
+// tokenFront stands between the replicas and the provider's token
+// endpoint, where it sees every refresh token sent on the wire. hold, when
+// set, is told of a refresh request (by the peer address) before it goes
+// on; if it returns true the request is held until its sender hangs up,
+// and then dropped: the sender died before the provider saw it.
+type tokenFront struct {
+	*httptest.Server
+	mu    sync.Mutex
+	sent  map[string]int // refresh tokens forwarded to the provider
+	order []string
+	hold  func(remote string) bool
+}
+
+func newTokenFront(t *testing.T, target string) *tokenFront {
+	f := &tokenFront{sent: map[string]int{}}
+	u, _ := url.Parse(target)
+	rp := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) { pr.SetURL(u) },
+		ModifyResponse: func(resp *http.Response) error {
+			b, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			var tr struct{ AccessToken, RefreshToken, IDToken string }
+			if json.Unmarshal(b, &tr) == nil {
+				addCanary(tr.AccessToken, tr.RefreshToken, tr.IDToken)
+			}
+			resp.Body = io.NopCloser(bytes.NewReader(b))
+			return err
+		},
+	}
+	f.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		form, _ := url.ParseQuery(string(body))
+		if rt := form.Get("refresh_token"); form.Get("grant_type") == "refresh_token" {
+			addCanary(rt)
+			f.mu.Lock()
+			hold := f.hold
+			f.mu.Unlock()
+			if hold != nil && hold(r.RemoteAddr) {
+				select {
+				case <-r.Context().Done():
+					return // its sender is gone: the provider never sees it
+				case <-time.After(5 * time.Second):
+				}
+			}
+			f.mu.Lock()
+			f.sent[rt]++
+			f.order = append(f.order, rt)
+			f.mu.Unlock()
+		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		rp.ServeHTTP(w, r)
+	}))
+	t.Cleanup(f.Close)
+	return f
+}
+
+// resent returns how many refresh tokens were forwarded more than once,
+// and how many were forwarded in all.
+func (f *tokenFront) resent() (twice, all int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, n := range f.sent {
+		if n > 1 {
+			twice++
+		}
+	}
+	return twice, len(f.order)
+}
+
+// pidOfPeer returns which of ps owns the loopback TCP socket whose local
+// address is remote (the peer of a connection a test server accepted):
+// the replica that sent a request. 0 if none.
+func pidOfPeer(remote string, ps []*proc) int {
+	_, port, err := net.SplitHostPort(remote)
+	if err != nil {
+		return 0
+	}
+	n, _ := strconv.Atoi(port)
+	b, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		return 0
+	}
+	inode := ""
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) > 9 && f[1] == fmt.Sprintf("0100007F:%04X", n) {
+			inode = f[9]
+		}
+	}
+	if inode == "" {
+		return 0
+	}
+	for _, p := range ps {
+		pid := p.cmd.Process.Pid
+		fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+		for _, fd := range fds {
+			if l, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name())); l == "socket:["+inode+"]" {
+				return pid
+			}
+		}
+	}
+	return 0
+}
+
+// rotatingConfig is a replica of an authorization code entry "e2e" of
+// client c whose callback is on admin0 (replica 0's admin listener, where
+// the person signs in), with tokens from front.
+func rotatingConfig(admin, admin0, redisAddr string, pr *provider, front string, c signinClient, upstream string) string {
+	return fmt.Sprintf(`listen: 127.0.0.1:0
+admin_listen: %s
+log: {level: debug, format: json}
+cache:
+  redis: {url: "redis://%s/0", timeout: 300ms}
+  key: %s
+oauth2:
+  e2e:
+    grant_type: authorization_code
+    auth_url: %s/auth
+    token_url: %s/token
+    redirect_url: http://%s/oauth2/e2e/callback
+    client_id: %s
+    client_secret: %s
+    scopes: [openid, orders.read]
+    request_refresh_token: true
+    prompt: consent
+    resource: %s
+    timeout: 1s
+routes:
+  - {prefix: /api/, upstream: "%s/", oauth2: e2e}
+`, admin, redisAddr, cacheKey(), pr.iss, front, admin0, c.id, c.secret, apiResource, upstream)
+}
+
+// signedInReplicas starts 3 replicas of one authorization code entry of
+// a fresh client at pr, signs in on the first, and returns them once
+// all three hold the shared token.
+func signedInReplicas(t *testing.T, pr *provider) ([]*proc, *tokenFront, signinClient) {
+	t.Helper()
+	rd := startRedis(t)
+	c := authCodeClient(t, pr.iss)
+	up := newAPI(t, pr.jwtVerifier(t, c.id))
+	front := newTokenFront(t, pr.iss)
+	admin0 := freeAddr(t)
+	ps := []*proc{startProxy(t, rotatingConfig(admin0, admin0, rd.addr, pr, front.URL, c, up.URL))}
+	signedIn(t, newBrowser(t).signInAt("http://"+admin0+"/oauth2/e2e/login"))
+	// The others start after the sign-in: a replica that found no refresh
+	// token waits for a sign-in and looks again only every 10 s.
+	for range 2 {
+		ps = append(ps, startProxy(t, rotatingConfig("127.0.0.1:0", admin0, rd.addr, pr, front.URL, c, up.URL)))
+	}
+	for _, p := range ps {
+		p.waitStatus(t, "valid", isState("valid"))
+	}
+	return ps, front, c
+}
+
+// TestReplicasRotateAtProvider: 3 replicas share one rotating refresh
+// token of the real oidc-provider, which revokes the grant when a spent
+// refresh token comes back. Under load through many rotations nothing
+// fails and no refresh token goes out twice; and when the replica that
+// holds the renewal is killed (SIGKILL) in the middle of its refresh
+// request, another takes over when its lease ends, with the refresh token
+// as it stands, before the shared access token expires.
+func TestReplicasRotateAtProvider(t *testing.T) {
+	t.Parallel()
+	t.Run("load", func(t *testing.T) {
+		t.Parallel()
+		pr := startProvider(t, 4) // renewed at half-life: a rotation every 2 s
+		ps, front, c := signedInReplicas(t, pr)
+		rotations := pr.granted(c.id, "refresh_token")
+		load := startLoad(t, ps, 6, 10*time.Millisecond, "/api/x")
+		time.Sleep(20 * time.Second)
+		ss, fails := load.finish()
+		rotations = pr.granted(c.id, "refresh_token") - rotations
+		twice, sent := front.resent()
+		t.Logf("%d requests, %d rotations in 20 s; %d refresh tokens sent", len(ss), rotations, sent)
+		if len(fails) > 0 {
+			t.Errorf("%d of %d requests failed; the first: %q", len(fails), len(fails)+len(ss), fails[:min(3, len(fails))])
+		}
+		if rotations < 6 {
+			t.Errorf("%d rotations in 20 s of 4-second tokens, want at least 6", rotations)
+		}
+		if twice > 0 {
+			t.Errorf("%d refresh tokens were sent to the provider more than once", twice)
+		}
+		if r := pr.refused(c.id); len(r) > 0 {
+			t.Errorf("the provider refused token requests: %q", r)
+		}
+	})
+	t.Run("holder killed", func(t *testing.T) {
+		t.Parallel()
+		// 24-second tokens are renewed at 12 s and usable until 21.6 s;
+		// the lease of a renewal with timeout 1s lasts 7 s.
+		pr := startProvider(t, 24)
+		ps, front, c := signedInReplicas(t, pr)
+		load := startLoad(t, ps, 6, 10*time.Millisecond, "/api/x")
+		killed := make(chan *proc, 1)
+		var once sync.Once
+		front.mu.Lock()
+		front.hold = func(remote string) (held bool) {
+			once.Do(func() {
+				pid := pidOfPeer(remote, ps)
+				for _, p := range ps {
+					if p.cmd.Process.Pid == pid {
+						load.kill(p)
+						killed <- p
+						held = true
+					}
+				}
+				if !held {
+					t.Errorf("no replica sent the refresh request from %s", remote)
+				}
+			})
+			return held
+		}
+		front.mu.Unlock()
+		rotations := pr.granted(c.id, "refresh_token")
+		var victim *proc
+		select {
+		case victim = <-killed:
+		case <-time.After(20 * time.Second):
+			t.Fatal("no renewal within 20 s of 24-second tokens")
+		}
+		select {
+		case <-victim.done:
+		case <-time.After(5 * time.Second):
+			t.Fatal("the killed replica did not exit")
+		}
+		t.Logf("killed the lease holder, pid %d, in the middle of its refresh request", victim.cmd.Process.Pid)
+		deadline := time.Now().Add(15 * time.Second)
+		for pr.granted(c.id, "refresh_token") == rotations {
+			if time.Now().After(deadline) {
+				t.Fatal("no replica renewed within 15 s of the lease holder's death")
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		time.Sleep(time.Second)
+		ss, fails := load.finish()
+		twice, sent := front.resent()
+		t.Logf("%d requests; %d refresh tokens sent to the provider", len(ss), sent)
+		if len(fails) > 0 {
+			t.Errorf("%d of %d requests to the surviving replicas failed; the first: %q", len(fails), len(fails)+len(ss), fails[:min(3, len(fails))])
+		}
+		if twice > 0 {
+			t.Errorf("%d refresh tokens were sent to the provider more than once", twice)
+		}
+		if r := pr.refused(c.id); len(r) > 0 {
+			t.Errorf("the provider refused token requests: %q", r)
+		}
+	})
 }
