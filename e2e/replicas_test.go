@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto"
 	"crypto/rsa"
 	"crypto/sha256"
@@ -11,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -23,9 +25,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	goredis "github.com/redis/go-redis/v9"
 )
 
 // redis is a real redis-server on a free loopback port, for the tests of
@@ -906,4 +911,270 @@ func TestReplicasRotateAtProvider(t *testing.T) {
 			t.Errorf("the provider refused token requests: %q", r)
 		}
 	})
+}
+
+// entrySecrets are the settings of the two entries of dumpConfig that
+// must never be in Redis in the clear.
+type entrySecrets struct {
+	ccID, ccSecret, rtID, rtSecret, rtSeed string
+}
+
+func newEntrySecrets() entrySecrets {
+	s := entrySecrets{randomString("cc-client-id-"), randomString("cc-client-secret-"),
+		randomString("rt-client-id-"), randomString("rt-client-secret-"), randomString("rt-seed-")}
+	addCanary(s.ccSecret, s.rtSecret, s.rtSeed)
+	return s
+}
+
+// dumpConfig is a replica with a client credentials entry (route /api/)
+// and, with rt, a refresh token entry (route /rt/), named differently on
+// each replica, sharing through Redis with cache.key key.
+func dumpConfig(i int, redisAddr, key string, cc, rt *tokenServer, s entrySecrets, upstream string, withRT bool) string {
+	entries := fmt.Sprintf(`  orders-cc-%d:
+    token_url: %s/t
+    client_id: %s
+    client_secret: %s
+`, i, cc.URL, s.ccID, s.ccSecret)
+	routes := fmt.Sprintf("  - {prefix: /api/, upstream: \"%s/\", oauth2: orders-cc-%d}\n", upstream, i)
+	if withRT {
+		entries += fmt.Sprintf(`  orders-rt-%d:
+    grant_type: refresh_token
+    refresh_token: %s
+    token_url: %s/t
+    client_id: %s
+    client_secret: %s
+`, i, s.rtSeed, rt.URL, s.rtID, s.rtSecret)
+		routes += fmt.Sprintf("  - {prefix: /rt/, upstream: \"%s/\", oauth2: orders-rt-%d}\n", upstream, i)
+	}
+	return fmt.Sprintf(`listen: 127.0.0.1:0
+admin_listen: 127.0.0.1:0
+log: {level: debug, format: json}
+cache:
+  redis: {url: "redis://%s/0", timeout: 300ms}
+  key: %s
+oauth2:
+%sroutes:
+%s`, redisAddr, key, entries, routes)
+}
+
+// dumpRedis returns every key of Redis and its value: strings as they
+// are, hashes as sorted field=value lines.
+func dumpRedis(t *testing.T, c *goredis.Client) map[string]string {
+	t.Helper()
+	ctx := context.Background()
+	out := map[string]string{}
+	iter := c.Scan(ctx, 0, "*", 100).Iterator()
+	for iter.Next(ctx) {
+		k := iter.Val()
+		switch typ := c.Type(ctx, k).Val(); typ {
+		case "string":
+			out[k] = c.Get(ctx, k).Val()
+		case "hash":
+			var fs []string
+			for f, v := range c.HGetAll(ctx, k).Val() {
+				fs = append(fs, f+"="+v)
+			}
+			slices.Sort(fs)
+			out[k] = strings.Join(fs, "\n")
+		case "none": // expired between SCAN and TYPE
+		default:
+			t.Errorf("Redis key %q is a %s", k, typ)
+		}
+	}
+	if err := iter.Err(); err != nil {
+		t.Fatalf("scanning Redis: %v", err)
+	}
+	return out
+}
+
+// TestReplicasColdBurstAndNothingInClear: 300 requests at once on 3
+// replicas that hold no token make one token request, 60 requests with a
+// rejected token one renewal; then no key, value or pub/sub message in
+// Redis holds a token, a refresh token, a client id or a secret; and a
+// fourth replica with another cache.key says so, serves with its own
+// tokens and leaves the others' values alone.
+func TestReplicasColdBurstAndNothingInClear(t *testing.T) {
+	t.Parallel()
+	rd := startRedis(t)
+	rc := goredis.NewClient(&goredis.Options{Addr: rd.addr})
+	t.Cleanup(func() { rc.Close() })
+	sub := rc.PSubscribe(context.Background(), "*")
+	if _, err := sub.Receive(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	var msgs syncBuffer
+	go func() {
+		for m := range sub.Channel() {
+			fmt.Fprintf(&msgs, "%s %s\n", m.Channel, m.Payload)
+		}
+	}()
+
+	var answered atomic.Bool
+	var cc *tokenServer
+	cc = newTokenServer(t, func(int64, tokenRequest) (int, map[string]string, string) {
+		answered.Store(true)
+		return 200, nil, cc.okBody(cc.issue(), 3600, "")
+	})
+	cc.delay = 5 * time.Second // the first token request is still out when the burst comes
+	var mu sync.Mutex
+	refreshTokens := map[string]bool{} // issued and not spent
+	var rt *tokenServer
+	rt = newTokenServer(t, func(n int64, req tokenRequest) (int, map[string]string, string) {
+		mu.Lock()
+		defer mu.Unlock()
+		if got := req.params["refresh_token"]; !refreshTokens[got] {
+			return 400, nil, `{"error":"invalid_grant"}`
+		} else {
+			delete(refreshTokens, got)
+		}
+		next := randomString("rt-rotated-")
+		addCanary(next)
+		refreshTokens[next] = true
+		return 200, nil, rt.okBody(rt.issue(), 3600, `,"refresh_token":"`+next+`"`)
+	})
+	up := newAPI(t, func(tok string) error {
+		if cc.verify(tok) != nil && rt.verify(tok) != nil {
+			return errors.New("unknown token")
+		}
+		return nil
+	})
+	secrets := newEntrySecrets()
+	mu.Lock()
+	refreshTokens[secrets.rtSeed] = true
+	mu.Unlock()
+	key := cacheKey()
+	addCanary(key)
+	ps := startReplicas(t, 3, func(i int) string { return dumpConfig(i, rd.addr, key, cc, rt, secrets, up.URL, true) })
+
+	// The cold burst: 300 at once, while the first token request is out.
+	if answered.Load() {
+		t.Fatal("the first token request was answered before the burst: not a cold start (slow machine?)")
+	}
+	cc.mu.Lock()
+	cc.delay = 0
+	cc.mu.Unlock()
+	burst := func(n int, path string) {
+		t.Helper()
+		var wg sync.WaitGroup
+		var failed atomic.Int64
+		for i := range n {
+			wg.Go(func() {
+				resp, err := http.Get(ps[i%len(ps)].base + path)
+				if err != nil {
+					failed.Add(1)
+					return
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 {
+					failed.Add(1)
+				}
+			})
+		}
+		wg.Wait()
+		if f := failed.Load(); f > 0 {
+			t.Errorf("%d of %d requests on %s failed", f, n, path)
+		}
+	}
+	burst(300, "/api/cold")
+	if n := cc.hits.Load(); n != 1 {
+		t.Errorf("a cold burst of 300 requests on 3 replicas made %d token requests, want 1", n)
+	}
+	// The upstream rejects the token at all three: one renewal.
+	first := up.last(t).token
+	up.mu.Lock()
+	up.reject = func(_ int64, tok string) bool { return tok == first }
+	up.mu.Unlock()
+	burst(60, "/api/rejected")
+	if n := cc.hits.Load(); n != 2 {
+		t.Errorf("60 requests with a rejected token on 3 replicas made %d renewals, want 1", n-1)
+	}
+	// The refresh token entry renews too (a rotation written back), so
+	// that Redis has seen every kind of write.
+	burst(3, "/rt/x")
+	rtFirst := up.last(t).token
+	up.mu.Lock()
+	up.reject = func(_ int64, tok string) bool { return tok == first || tok == rtFirst }
+	up.mu.Unlock()
+	burst(30, "/rt/rejected")
+	if n := rt.hits.Load(); n != 2 {
+		t.Errorf("the refresh token entry made %d token requests, want 2", n)
+	}
+
+	before := dumpRedis(t, rc)
+	var names []string
+	for k := range before {
+		names = append(names, k)
+	}
+	t.Logf("Redis keys: %q", names)
+	if len(before) < 3 {
+		t.Errorf("Redis holds only %q", names)
+	}
+	clear := []string{secrets.ccID, secrets.ccSecret, secrets.rtID, secrets.rtSecret, secrets.rtSeed, key,
+		strings.TrimPrefix(cc.URL, "http://"), strings.TrimPrefix(rt.URL, "http://"), "orders-cc-", "orders-rt-"}
+	mu.Lock()
+	for t := range refreshTokens {
+		clear = append(clear, t)
+	}
+	mu.Unlock()
+	for _, s := range []*tokenServer{cc, rt} {
+		s.mu.Lock()
+		for t := range s.valid {
+			clear = append(clear, t)
+		}
+		s.mu.Unlock()
+	}
+	for _, r := range rt.requests() {
+		clear = append(clear, r.params["refresh_token"])
+	}
+	time.Sleep(100 * time.Millisecond) // the last messages
+	for _, v := range clear {
+		for k, val := range before {
+			if strings.Contains(k, v) || strings.Contains(val, v) {
+				t.Errorf("Redis key %q holds %.14s... in the clear", k, v)
+			}
+		}
+		if strings.Contains(msgs.String(), v) {
+			t.Errorf("a pub/sub message holds %.14s... in the clear", v)
+		}
+	}
+
+	// A fourth replica with another cache.key.
+	other := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{0x5a}, 32))
+	addCanary(other)
+	hits := cc.hits.Load()
+	// Only its client credentials entry: a refresh_token entry (a seeded
+	// one) makes the process exit at start when the store cannot be read
+	// (Source.seed), which the report of this test's change describes.
+	p4 := startProxy(t, dumpConfig(3, rd.addr, other, cc, rt, secrets, up.URL, false))
+	if r := get(t, p4.base+"/api/other-key"); r.status != 200 {
+		t.Errorf("the replica with another cache.key: %d %s", r.status, r.body)
+	}
+	if n := cc.hits.Load() - hits; n != 1 {
+		t.Errorf("the replica with another cache.key made %d token requests, want 1 (its own)", n)
+	}
+	var named bool
+	for _, l := range strings.Split(p4.out.String(), "\n") {
+		named = named || (strings.Contains(l, `"level":"ERROR"`) && strings.Contains(l, "cache.key") && strings.Contains(l, `"orders-cc-3"`))
+	}
+	if !named {
+		t.Errorf("the replica with another cache.key logged no error naming cache.key and the entry")
+	}
+	if m := cacheModes(t, p4); m["orders-cc-3"] != "degraded" {
+		t.Errorf("/tokens of the replica with another cache.key: %v, want degraded", m)
+	}
+	if ops := cacheOps(t, p4); ops["load/key_mismatch"]+ops["cas/key_mismatch"]+ops["acquire/key_mismatch"] == 0 {
+		t.Errorf("oauthproxy_cache_operations_total counts no key_mismatch: %v", ops)
+	}
+	if after := dumpRedis(t, rc); !maps.Equal(before, after) {
+		t.Errorf("the replica with another cache.key changed Redis:\nbefore %q\nafter  %q", before, after)
+	}
+	for _, p := range ps {
+		if r := get(t, p.base+"/api/after"); r.status != 200 {
+			t.Errorf("a replica after the other key came: %d %s", r.status, r.body)
+		}
+	}
+	if n := cc.hits.Load() - hits; n != 1 {
+		t.Errorf("the first replicas fetched anew after the other key came: %d token requests", n-1)
+	}
 }
