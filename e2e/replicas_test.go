@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto"
+	"crypto/hmac"
 	"crypto/rsa"
 	"crypto/sha256"
 	"encoding/base64"
@@ -1176,5 +1177,121 @@ func TestReplicasColdBurstAndNothingInClear(t *testing.T) {
 	}
 	if n := cc.hits.Load() - hits; n != 1 {
 		t.Errorf("the first replicas fetched anew after the other key came: %d token requests", n-1)
+	}
+}
+
+// keyID is the id byte that redisstore puts in values sealed with key.
+func keyID(t *testing.T, key string) byte {
+	b, err := base64.StdEncoding.DecodeString(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := hmac.New(sha256.New, b)
+	m.Write([]byte("oauthproxy key id"))
+	return m.Sum(nil)[0]
+}
+
+// TestReplicasKeyRotation: a replica whose cache.key was rotated (the old
+// one in previous_keys) adopts the tokens the others wrote with the old
+// key, without a token request, and seals every value it reads again
+// with the new key; its own writes use the new key.
+func TestReplicasKeyRotation(t *testing.T) {
+	t.Parallel()
+	if out, code := run(t, quickExit(), "check", "-config", writeConfig(t, `cache:
+  redis: {url: "redis://127.0.0.1:1/0"}
+  key: `+cacheKey()+`
+  previous_keys: ["c2hvcnQ="]
+oauth2:
+  e: {token_url: "http://127.0.0.1:2/t", client_id: a, client_secret: b}
+routes:
+  - {prefix: /api/, upstream: "http://127.0.0.1:3/", oauth2: e}
+`)); code == 0 || !strings.Contains(out, "cache.previous_keys[0]") {
+		t.Errorf("check with a short previous key: exit %d, want an error naming cache.previous_keys[0]:\n%s", code, out)
+	}
+
+	rd := startRedis(t)
+	rc := goredis.NewClient(&goredis.Options{Addr: rd.addr})
+	t.Cleanup(func() { rc.Close() })
+	cc := newTokenServer(t, nil)
+	var mu sync.Mutex
+	next := map[string]bool{}
+	var rt *tokenServer
+	rt = newTokenServer(t, func(int64, tokenRequest) (int, map[string]string, string) {
+		mu.Lock()
+		defer mu.Unlock()
+		n := randomString("rt-rotated-")
+		addCanary(n)
+		next[n] = true
+		return 200, nil, rt.okBody(rt.issue(), 3600, `,"refresh_token":"`+n+`"`)
+	})
+	up := newAPI(t, func(tok string) error {
+		if cc.verify(tok) != nil && rt.verify(tok) != nil {
+			return errors.New("unknown token")
+		}
+		return nil
+	})
+	secrets := newEntrySecrets()
+	oldKey, newKey := cacheKey(), base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{0x42}, 32))
+	addCanary(oldKey, newKey)
+	old := startProxy(t, dumpConfig(0, rd.addr, oldKey, cc, rt, secrets, up.URL, true))
+	for _, path := range []string{"/api/x", "/rt/x"} {
+		if r := get(t, old.base+path); r.status != 200 {
+			t.Fatalf("%s: %d %s", path, r.status, r.body)
+		}
+	}
+	sealedWith := func(id byte) (n int, others []string) {
+		for k, v := range dumpRedis(t, rc) {
+			if strings.HasSuffix(k, ":keycheck") {
+				if len(v) < 2 || v[1] != id {
+					others = append(others, k)
+				}
+				n++
+				continue
+			}
+			for _, fv := range strings.Split(v, "\n") {
+				if f, val, _ := strings.Cut(fv, "="); f == "r" || f == "a" {
+					if len(val) < 2 || val[1] != id {
+						others = append(others, k+" "+f)
+					}
+					n++
+				}
+			}
+		}
+		return n, others
+	}
+	if n, others := sealedWith(keyID(t, oldKey)); n < 5 || len(others) > 0 {
+		t.Fatalf("before the rotation: %d values, %q not sealed with the old key", n, others)
+	}
+
+	rotated := strings.Replace(dumpConfig(1, rd.addr, newKey, cc, rt, secrets, up.URL, true),
+		"  key: "+newKey+"\n", "  key: "+newKey+"\n  previous_keys: ["+oldKey+"]\n", 1)
+	p := startProxy(t, rotated)
+	for _, path := range []string{"/api/x", "/rt/x"} {
+		if r := get(t, p.base+path); r.status != 200 {
+			t.Errorf("the rotated replica, %s: %d %s", path, r.status, r.body)
+		}
+	}
+	if cc.hits.Load() != 1 || rt.hits.Load() != 1 {
+		t.Errorf("the rotated replica made %d and %d token requests, want none: it adopts the shared tokens", cc.hits.Load()-1, rt.hits.Load()-1)
+	}
+	if m := cacheModes(t, p); m["orders-cc-1"] != "shared" || m["orders-rt-1"] != "shared" {
+		t.Errorf("/tokens of the rotated replica: %v", m)
+	}
+	if n, others := sealedWith(keyID(t, newKey)); n < 5 || len(others) > 0 {
+		t.Errorf("after the rotated replica read them: %d values, %q not sealed with the new key", n, others)
+	}
+	if ops := cacheOps(t, p); ops["rewrap/ok"] < 3 {
+		t.Errorf("the rotated replica counts %d rewraps, want the key check and both records: %v", ops["rewrap/ok"], ops)
+	}
+	// Its renewal (a rotated refresh token) is written with the new key.
+	first := up.last(t).token
+	up.mu.Lock()
+	up.reject = func(_ int64, tok string) bool { return tok == first }
+	up.mu.Unlock()
+	if r := get(t, p.base+"/rt/y"); r.status != 200 || rt.hits.Load() != 2 {
+		t.Errorf("renewal on the rotated replica: %d %s, %d token requests", r.status, r.body, rt.hits.Load())
+	}
+	if _, others := sealedWith(keyID(t, newKey)); len(others) > 0 {
+		t.Errorf("after a renewal: %q not sealed with the new key", others)
 	}
 }
