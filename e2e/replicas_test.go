@@ -128,6 +128,7 @@ routes:
 }
 
 func TestReplicasShareOneToken(t *testing.T) {
+	t.Parallel()
 	rd := startRedis(t)
 	idp := newTokenServer(t, nil)
 	up := newAPI(t, idp.verify)
@@ -215,6 +216,7 @@ func TestReplicasShareOneToken(t *testing.T) {
 // TestReplicasRotateRefreshTokenOnce: three replicas renew a refresh-token
 // entry whose server rotates refresh tokens and refuses any spent twice.
 func TestReplicasRotateRefreshTokenOnce(t *testing.T) {
+	t.Parallel()
 	rd := startRedis(t)
 	var mu sync.Mutex
 	spent := map[string]int{}
@@ -451,6 +453,25 @@ func sumOps(m map[string]int) int {
 	return n
 }
 
+// redisCommands is how many commands Redis has run (INFO stats).
+func redisCommands(t *testing.T, r *redis) int64 {
+	t.Helper()
+	c := goredis.NewClient(&goredis.Options{Addr: r.addr})
+	defer c.Close()
+	info, err := c.Info(context.Background(), "stats").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(info, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(l), "total_commands_processed:"); ok {
+			n, _ := strconv.ParseInt(v, 10, 64)
+			return n
+		}
+	}
+	t.Fatal("INFO stats has no total_commands_processed")
+	return 0
+}
+
 // expiringTokens is a token endpoint that issues tokens valid for ttl, and
 // the check of a resource server that refuses them once expired.
 func expiringTokens(t *testing.T, ttl time.Duration) (*tokenServer, func(string) error) {
@@ -524,6 +545,7 @@ func TestReplicasShortTokensAndRedisOutage(t *testing.T) {
 				ops0[i] = cacheOps(t, p)
 			}
 			hits0 := idp.hits.Load()
+			cmds0 := redisCommands(t, rd)
 			load := startLoad(t, ps, 6, 10*time.Millisecond, "/api/x")
 			begin := time.Now()
 			time.Sleep(tc.measure)
@@ -543,6 +565,10 @@ func TestReplicasShortTokensAndRedisOutage(t *testing.T) {
 					}
 					t.Logf("replica %d: %.1f Redis operations per token lifetime: %v", i, float64(sumOps(ops))/lifetimes, ops)
 				}
+				// Everything Redis ran, pub/sub and health checks included
+				// (and this INFO).
+				n = redisCommands(t, rd) - cmds0
+				t.Logf("Redis ran %d commands: %.1f per replica per token lifetime", n, float64(n)/3/lifetimes)
 			}
 
 			t0 := time.Now()
