@@ -1125,3 +1125,48 @@ func TestRewrapScript(t *testing.T) {
 		})
 	}
 }
+
+// restrictedACL is the ACL user docs/replicas.md tells operators to make:
+// the commands the Store sends, and those its scripts call, on its keys
+// and channels only.
+var restrictedACL = []string{"resetkeys", "~oauthproxy:*", "resetchannels", "&oauthproxy:*", "-@all",
+	"+get", "+set", "+del", "+exists", "+hgetall", "+hget", "+hset", "+hdel", "+hincrby", "+pexpireat", "+persist",
+	"+eval", "+evalsha", "+publish", "+subscribe", "+ping"}
+
+// TestRestrictedACL runs every operation, a rotation's rewrap included,
+// as a user that has only the commands docs/replicas.md lists.
+func TestRestrictedACL(t *testing.T) {
+	const password = "acl-Pa55word"
+	r := startRedis(t, append(append([]string{"--user", "proxy", "on", ">" + password}, restrictedACL...), "--user", "default", "off")...)
+	as := func(o *Options) { o.Username, o.Password = "proxy", password }
+	old := newStore(t, r, as)
+	exercise(t, old, newStore(t, r, as))
+	ctx := t.Context()
+	key := old.EntryKey([]byte("acl"))
+	if _, err := old.CompareAndSwap(ctx, key, 0, fullRecord()); err != nil {
+		t.Fatal(err)
+	}
+	var obs observed
+	rotated := newStore(t, r, func(o *Options) {
+		as(o)
+		o.Key, o.PreviousKeys, o.Observe = otherKey, [][]byte{testKey}, obs.observe
+	})
+	if _, err := rotated.Load(ctx, key); err != nil || obs.get("rewrap/ok") != 2 {
+		t.Errorf("Load after a rotation: %v; %v", err, obs.m)
+	}
+	// An access token without a refresh token expires (PEXPIREAT);
+	// invalidating it twice finds no digest the second time (EXISTS).
+	rec := fullRecord()
+	rec.RefreshToken, rec.Expiry = "", time.Now().Add(time.Hour)
+	if _, err := rotated.CompareAndSwap(ctx, key, 1, rec); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := rotated.Invalidate(ctx, key, "at-1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if obs.get("invalidate/ok") != 1 || obs.get("invalidate/conflict") != 1 {
+		t.Errorf("Invalidate twice: %v", obs.m)
+	}
+}
