@@ -19,9 +19,13 @@ import (
 type Cache struct {
 	Redis *RedisCache `yaml:"redis"`
 	// Key (32 bytes, base64) seals every value stored and keys every name.
-	Key    Secret    `yaml:"key"`
-	Prefix string    `yaml:"prefix"` // default "oauthproxy:"
-	Pos    Positions `yaml:"-"`
+	Key Secret `yaml:"key"`
+	// PreviousKeys are the keys Key replaced, newest first: values sealed
+	// with them are still read (and sealed again with Key). The last one,
+	// the oldest, keys the names, which must not change with the key.
+	PreviousKeys []Secret  `yaml:"previous_keys"`
+	Prefix       string    `yaml:"prefix"` // default "oauthproxy:"
+	Pos          Positions `yaml:"-"`
 }
 
 // RedisCache says how to reach Redis.
@@ -93,6 +97,11 @@ func (v *validator) cache() {
 	} else if _, err := ParseStoreKey(c.Key.Reveal()); err != nil {
 		v.addAt(at(c.Pos, "key"), "cache.key", "%v", err)
 	}
+	for i, k := range c.PreviousKeys {
+		if _, err := ParseStoreKey(k.Reveal()); err != nil {
+			v.addAt(at(c.Pos, "previous_keys"), fmt.Sprintf("cache.previous_keys[%d]", i), "%v", err)
+		}
+	}
 	if c.Prefix == "" {
 		c.Prefix = redisstore.DefaultPrefix
 	}
@@ -112,9 +121,17 @@ func openCache(c *Cache, prev *sharedCache, log *slog.Logger, observe func(op, r
 	if err != nil {
 		return nil, fmt.Errorf("cache.key: %w", err)
 	}
+	var previous [][]byte
+	for i, k := range c.PreviousKeys {
+		b, err := ParseStoreKey(k.Reveal())
+		if err != nil {
+			return nil, fmt.Errorf("cache.previous_keys[%d]: %w", i, err)
+		}
+		previous = append(previous, b)
+	}
 	r := c.Redis
 	opts := redisstore.Options{URL: r.URL.Reveal(), Username: r.Username, Password: r.Password.Reveal(),
-		Cluster: r.Cluster, Key: key, Prefix: c.Prefix, CallTimeout: r.Timeout, Logger: log, Observe: observe}
+		Cluster: r.Cluster, Key: key, PreviousKeys: previous, Prefix: c.Prefix, CallTimeout: r.Timeout, Logger: log, Observe: observe}
 	if r.Sentinel != nil {
 		opts.Sentinel = &redisstore.Sentinel{Master: r.Sentinel.Master, Addrs: r.Sentinel.Addrs}
 	}

@@ -1,6 +1,7 @@
 package redisstore
 
 import (
+	"bytes"
 	"crypto/tls"
 	"strings"
 	"testing"
@@ -22,6 +23,8 @@ func TestNewOptions(t *testing.T) {
 				}
 			}},
 		{name: "short key", opts: Options{URL: "redis://127.0.0.1:6379", Key: testKey[:16]}, wantErr: "cache.key must be 32 bytes, not 16"},
+		{name: "short previous key", opts: Options{URL: "redis://127.0.0.1:6379", Key: testKey, PreviousKeys: [][]byte{otherKey, otherKey[:31]}},
+			wantErr: "previous key 2 must be 32 bytes, not 31"},
 		{name: "no key", opts: Options{URL: "redis://127.0.0.1:6379"}, wantErr: "cache.key must be 32 bytes"},
 		{name: "no address", opts: Options{Key: testKey}, wantErr: "one of url, sentinel or cluster"},
 		{name: "bad scheme", opts: Options{URL: "http://127.0.0.1", Key: testKey}, wantErr: "invalid URL scheme"},
@@ -113,6 +116,15 @@ func TestSeal(t *testing.T) {
 	if string(k.seal("p:{x}:rec", "r", []byte("plain"))) == string(sealed) {
 		t.Error("two seals of one value are equal: the nonce repeats")
 	}
+	// cache.key rotated from testKey to otherKey, and an old replica.
+	rotated, err := deriveKeys(otherKey, testKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resealed := rotated.seal("p:{x}:rec", "r", []byte("plain"))
+	if resealed[1] == sealed[1] {
+		t.Fatalf("the key ids of two keys are equal (%d): pick other test keys", sealed[1])
+	}
 	for _, tc := range []struct {
 		name        string
 		keys        *keys
@@ -127,6 +139,11 @@ func TestSeal(t *testing.T) {
 		{"truncated", k, "p:{x}:rec", "r", sealed[:10], false},
 		{"another version", k, "p:{x}:rec", "r", append([]byte{2}, sealed[1:]...), false},
 		{"flipped bit", k, "p:{x}:rec", "r", append(sealed[:len(sealed)-1:len(sealed)-1], sealed[len(sealed)-1]^1), false},
+		{"rotated: an old value", rotated, "p:{x}:rec", "r", sealed, true},
+		{"rotated: a new value", rotated, "p:{x}:rec", "r", resealed, true},
+		{"rotated: another Redis key", rotated, "p:{y}:rec", "r", sealed, false},
+		{"old replica: a new value", k, "p:{x}:rec", "r", resealed, false},
+		{"another key id", rotated, "p:{x}:rec", "r", append([]byte{formatVersion, sealed[1] ^ resealed[1] ^ 0xff}, sealed[2:]...), false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			b, err := tc.keys.open(tc.key, tc.field, tc.value)
@@ -135,10 +152,50 @@ func TestSeal(t *testing.T) {
 			}
 		})
 	}
+	for _, tc := range []struct {
+		name      string
+		value     []byte
+		wantStale bool
+	}{{"sealed with the previous key", sealed, true}, {"sealed with the current key", resealed, false}} {
+		if _, stale, err := rotated.openAny("p:{x}:rec", "r", tc.value); err != nil || stale != tc.wantStale {
+			t.Errorf("%s: stale %v, %v; want stale %v", tc.name, stale, err, tc.wantStale)
+		}
+	}
+}
+
+// TestKeysSharedIdByte: a one-byte key id may name two keys; a value
+// opens with whichever of them sealed it.
+func TestKeysSharedIdByte(t *testing.T) {
+	a, _ := deriveKeys(testKey)
+	var twin []byte
+	for i := range 10000 {
+		k := bytes.Repeat([]byte{byte(i), byte(i >> 8)}, 16)
+		if kk, _ := deriveKeys(k); kk.cur.id == a.cur.id && !bytes.Equal(k, testKey) {
+			twin = k
+			break
+		}
+	}
+	if twin == nil {
+		t.Fatal("no key with the same id among 10000")
+	}
+	both, _ := deriveKeys(twin, testKey)
+	sealed := a.seal("p:{x}:rec", "r", []byte("plain"))
+	if b, stale, err := both.openAny("p:{x}:rec", "r", sealed); err != nil || !stale || string(b) != "plain" {
+		t.Errorf("openAny = %q, stale %v, %v", b, stale, err)
+	}
 }
 
 func TestEntryKey(t *testing.T) {
 	k, _ := deriveKeys(testKey)
+	// Names and digests stay across a rotation: they come from the oldest key.
+	for _, r := range []*keys{mustKeys(t, otherKey, testKey), mustKeys(t, bytes.Repeat([]byte{3}, 32), otherKey, testKey)} {
+		if r.entryKey([]byte("a")) != k.entryKey([]byte("a")) || r.tokenDigest("at") != k.tokenDigest("at") {
+			t.Error("rotating cache.key changes the key names or the digests")
+		}
+	}
+	if o := mustKeys(t, otherKey); o.entryKey([]byte("a")) == k.entryKey([]byte("a")) || o.tokenDigest("at") == k.tokenDigest("at") {
+		t.Error("another cache.key gives the same key names or digests")
+	}
 	a, b := k.entryKey([]byte("a")), k.entryKey([]byte("b"))
 	if a == b || a != k.entryKey([]byte("a")) {
 		t.Errorf("entryKey: a %q b %q", a, b)
@@ -153,4 +210,13 @@ func TestEntryKey(t *testing.T) {
 			t.Errorf("validEntryKey(%q) = true", key)
 		}
 	}
+}
+
+func mustKeys(t *testing.T, key []byte, previous ...[]byte) *keys {
+	t.Helper()
+	k, err := deriveKeys(key, previous...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
 }

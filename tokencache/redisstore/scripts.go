@@ -79,3 +79,28 @@ if v then return v end
 redis.call('SET', KEYS[1], ARGV[1])
 return ARGV[1]
 `)
+
+// rewrapScript: KEYS[1] the record; ARGV: generation, sealed record as
+// read, sealed record sealed again, sealed access fields as read ("" for
+// none), the same sealed again. Replaces the sealed fields only if the
+// record is still the one read: same generation, same values. It keeps
+// the generation and the expiry, and announces nothing: what the record
+// holds did not change. Returns 1 when replaced, 0 otherwise.
+var rewrapScript = redis.NewScript(`
+if redis.call('HGET', KEYS[1], 'g') ~= ARGV[1] then return 0 end
+if redis.call('HGET', KEYS[1], 'r') ~= ARGV[2] then return 0 end
+if (redis.call('HGET', KEYS[1], 'a') or '') ~= ARGV[4] then return 0 end
+redis.call('HSET', KEYS[1], 'r', ARGV[3])
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[1], 'a', ARGV[5]) end
+return 1
+`)
+
+// swapScript: KEYS[1] a string; ARGV: the value read, the new value.
+// Sets the new value only if the key still holds the one read (the
+// key-check record, claimed again with the current key), keeping its
+// expiry. Returns 1 when set, 0 otherwise.
+var swapScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+return 1
+`)

@@ -21,36 +21,76 @@ const formatVersion = 1
 
 // keys are the subkeys derived from cache.key, one per purpose, so that
 // no two uses share a key (HMAC as a PRF: HKDF-Expand with one block).
+//
+// Rotation: values are sealed with the current key and opened with any
+// key known (the current one or a previous one), chosen by the key id in
+// the value. Key names and access-token digests must not change when the
+// key does (every replica, whichever keys it has, must find the same
+// records and compare the same digests), so they come from the oldest
+// key known: the last previous key, or cache.key when there is none.
 type keys struct {
-	id     byte        // names the key in sealed values, for rotation later
-	names  []byte      // EntryKey's HMAC
-	digest []byte      // the access-token digest Invalidate compares
-	aead   cipher.AEAD // AES-256-GCM over every value
+	names  []byte   // EntryKey's HMAC
+	digest []byte   // the access-token digest Invalidate compares
+	cur    sealer   // seals every value
+	prev   []sealer // open values sealed before a rotation
 }
 
-func deriveKeys(key []byte) (*keys, error) {
+// sealer is AES-256-GCM under one key, and the id that names it in
+// sealed values.
+type sealer struct {
+	id   byte
+	aead cipher.AEAD
+}
+
+// deriveKeys derives the subkeys of key (cache.key) and previous (the
+// keys it had before, newest first).
+func deriveKeys(key []byte, previous ...[]byte) (*keys, error) {
 	if len(key) != 32 {
 		return nil, fmt.Errorf("cache.key must be 32 bytes, not %d", len(key))
 	}
-	sub := func(label string) []byte {
-		m := hmac.New(sha256.New, key)
-		m.Write([]byte(label))
-		return m.Sum(nil)
+	for i, p := range previous {
+		if len(p) != 32 {
+			return nil, fmt.Errorf("previous key %d must be 32 bytes, not %d", i+1, len(p))
+		}
 	}
-	block, err := aes.NewCipher(sub("oauthproxy values"))
-	if err != nil {
+	oldest := key
+	if len(previous) > 0 {
+		oldest = previous[len(previous)-1]
+	}
+	k := &keys{
+		names:  subkey(oldest, "oauthproxy key names"),
+		digest: subkey(oldest, "oauthproxy access token digests"),
+	}
+	var err error
+	if k.cur, err = newSealer(key); err != nil {
 		return nil, err
+	}
+	for _, p := range previous {
+		s, err := newSealer(p)
+		if err != nil {
+			return nil, err
+		}
+		k.prev = append(k.prev, s)
+	}
+	return k, nil
+}
+
+func subkey(key []byte, label string) []byte {
+	m := hmac.New(sha256.New, key)
+	m.Write([]byte(label))
+	return m.Sum(nil)
+}
+
+func newSealer(key []byte) (sealer, error) {
+	block, err := aes.NewCipher(subkey(key, "oauthproxy values"))
+	if err != nil {
+		return sealer{}, err
 	}
 	aead, err := cipher.NewGCM(block)
 	if err != nil {
-		return nil, err
+		return sealer{}, err
 	}
-	return &keys{
-		id:     sub("oauthproxy key id")[0],
-		names:  sub("oauthproxy key names"),
-		digest: sub("oauthproxy access token digests"),
-		aead:   aead,
-	}, nil
+	return sealer{id: subkey(key, "oauthproxy key id")[0], aead: aead}, nil
 }
 
 // entryKey is "{" + base64url(HMAC(names, fingerprint)) + "}": the braces
@@ -97,25 +137,40 @@ func additionalData(name, field string) []byte {
 	return fmt.Appendf(nil, "oauthproxy\x00%d\x00%s\x00%s", formatVersion, name, field)
 }
 
-// seal returns version || key id || nonce || AES-256-GCM(plain).
+// seal returns version || key id || nonce || AES-256-GCM(plain), with the
+// current key.
 func (k *keys) seal(name, field string, plain []byte) []byte {
-	ns := k.aead.NonceSize()
-	out := make([]byte, 2+ns, 2+ns+len(plain)+k.aead.Overhead())
-	out[0], out[1] = formatVersion, k.id
+	c := k.cur
+	ns := c.aead.NonceSize()
+	out := make([]byte, 2+ns, 2+ns+len(plain)+c.aead.Overhead())
+	out[0], out[1] = formatVersion, c.id
 	rand.Read(out[2:]) // never fails (crypto/rand, Go 1.24+)
-	return k.aead.Seal(out, out[2:2+ns], plain, additionalData(name, field))
+	return c.aead.Seal(out, out[2:2+ns], plain, additionalData(name, field))
 }
 
 func (k *keys) open(name, field string, sealed []byte) ([]byte, error) {
-	ns := k.aead.NonceSize()
-	if len(sealed) < 2+ns+k.aead.Overhead() || sealed[0] != formatVersion || sealed[1] != k.id {
-		return nil, errOpen
+	plain, _, err := k.openAny(name, field, sealed)
+	return plain, err
+}
+
+// openAny opens a value sealed with any key known; stale says it was not
+// the current one, so the value should be sealed again.
+func (k *keys) openAny(name, field string, sealed []byte) (plain []byte, stale bool, err error) {
+	if len(sealed) < 2 || sealed[0] != formatVersion {
+		return nil, false, errOpen
 	}
-	plain, err := k.aead.Open(nil, sealed[2:2+ns], sealed[2+ns:], additionalData(name, field))
-	if err != nil {
-		return nil, errOpen
+	ad := additionalData(name, field)
+	// Ids are one byte: two keys may share one, so every match is tried.
+	for i, c := range append([]sealer{k.cur}, k.prev...) {
+		ns := c.aead.NonceSize()
+		if c.id != sealed[1] || len(sealed) < 2+ns+c.aead.Overhead() {
+			continue
+		}
+		if plain, err := c.aead.Open(nil, sealed[2:2+ns], sealed[2+ns:], ad); err == nil {
+			return plain, i > 0, nil
+		}
 	}
-	return plain, nil
+	return nil, false, errOpen
 }
 
 // Hash fields of an entry's record (PREFIX{h}:rec). Only g and d are in the
@@ -193,15 +248,16 @@ func (k *keys) sealRecord(name string, rec tokencache.Record) (sealedRecord, err
 }
 
 // openRecord rebuilds a Record from the sealed fields of a hash. A field
-// that does not open returns an error wrapping errOpen.
-func (k *keys) openRecord(name string, gen uint64, record, access []byte) (tokencache.Record, error) {
-	b, err := k.open(name, fieldRecord, record)
+// that does not open returns an error wrapping errOpen; stale says a
+// field was sealed with a previous key.
+func (k *keys) openRecord(name string, gen uint64, record, access []byte) (_ tokencache.Record, stale bool, _ error) {
+	b, stale, err := k.openAny(name, fieldRecord, record)
 	if err != nil {
-		return tokencache.Record{}, err
+		return tokencache.Record{}, false, err
 	}
 	var r storedRecord
 	if err := json.Unmarshal(b, &r); err != nil {
-		return tokencache.Record{}, fmt.Errorf("decoding the record: %w", err)
+		return tokencache.Record{}, false, fmt.Errorf("decoding the record: %w", err)
 	}
 	rec := tokencache.Record{
 		Generation:   gen,
@@ -212,22 +268,22 @@ func (k *keys) openRecord(name string, gen uint64, record, access []byte) (token
 		RetryAt:      r.RetryAt,
 	}
 	if access == nil {
-		return rec, nil
+		return rec, stale, nil
 	}
-	b, err = k.open(name, fieldAccess, access)
+	b, staleA, err := k.openAny(name, fieldAccess, access)
 	if err != nil {
-		return tokencache.Record{}, err
+		return tokencache.Record{}, false, err
 	}
 	var a storedAccess
 	if err := json.Unmarshal(b, &a); err != nil {
-		return tokencache.Record{}, fmt.Errorf("decoding the record's access token: %w", err)
+		return tokencache.Record{}, false, fmt.Errorf("decoding the record's access token: %w", err)
 	}
 	rec.AccessToken = tokencache.Secret(a.AccessToken)
 	rec.TokenType = a.TokenType
 	rec.Scopes = a.Scopes
 	rec.Obtained = a.Obtained
 	rec.Expiry = a.Expiry
-	return rec, nil
+	return rec, stale || staleA, nil
 }
 
 // keyCheckPlain is what the key-check record holds, sealed.

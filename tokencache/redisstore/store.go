@@ -68,6 +68,13 @@ type Options struct {
 	// Key is cache.key: 32 bytes. Every value is sealed with a key
 	// derived from it, and every key name is a keyed hash under another.
 	Key []byte
+	// PreviousKeys are the keys cache.key had before (32 bytes each,
+	// newest first), for rotating it: a value sealed with one of them
+	// still opens, and is sealed again with Key when read. Key names and
+	// access-token digests come from the oldest key known (the last one
+	// here, or Key when there is none), so that they stay the same across
+	// rotations: keep the oldest key for as long as the records live.
+	PreviousKeys [][]byte
 	// Prefix starts every Redis key and channel; it may not hold { or }.
 	// Default "oauthproxy:".
 	Prefix string
@@ -78,7 +85,8 @@ type Options struct {
 	// down and up. Nil: slog.Default().
 	Logger *slog.Logger
 	// Observe, when set, is called once per operation with op one of
-	// load, cas, delete, acquire, release, invalidate and result one of
+	// load, cas, delete, acquire, release, invalidate, rewrap (a value
+	// sealed with a previous key sealed again) and result one of
 	// ok, conflict, miss, held, key_mismatch, error: for
 	// oauthproxy_cache_operations_total. It must not block.
 	Observe func(op, result string)
@@ -119,7 +127,7 @@ var _ tokencache.SharedStore = (*Store)(nil)
 // New returns a Store for opts. It checks the options but does not
 // connect.
 func New(opts Options) (*Store, error) {
-	k, err := deriveKeys(opts.Key)
+	k, err := deriveKeys(opts.Key, opts.PreviousKeys...)
 	if err != nil {
 		return nil, fmt.Errorf("redis cache: %w", err)
 	}
@@ -304,12 +312,27 @@ func (s *Store) checkKey(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("checking cache.key against %s: %w", name, err)
 	}
-	if b, err := s.keys.open(name, "", []byte(v)); err != nil || string(b) != keyCheckPlain {
+	b, stale, err := s.keys.openAny(name, "", []byte(v))
+	if err != nil || string(b) != keyCheckPlain {
 		s.keyMismatch(name)
 		return ErrKeyMismatch
 	}
+	if stale {
+		// Claimed with a previous key: claim it with the current one, so
+		// that a replica that knows only the current key finds its own.
+		err := swapScript.Run(ctx, s.client, []string{name}, v, s.keys.seal(name, "", []byte(keyCheckPlain))).Err()
+		s.observe("rewrap", result(err))
+	}
 	s.checked.Store(true)
 	return nil
+}
+
+// result is Observe's result of an operation that only succeeds or fails.
+func result(err error) string {
+	if err != nil {
+		return "error"
+	}
+	return "ok"
 }
 
 // keyMismatch turns the Store off for good, and says so once: name is the
@@ -376,12 +399,36 @@ func (s *Store) load(ctx context.Context, key string) (tokencache.Record, error)
 	if a, ok := h[fieldAccess]; ok {
 		access = []byte(a)
 	}
-	rec, err := s.keys.openRecord(name, gen, []byte(r), access)
+	rec, stale, err := s.keys.openRecord(name, gen, []byte(r), access)
 	if errors.Is(err, errOpen) {
 		s.keyMismatch(name)
 		return tokencache.Record{}, fmt.Errorf("%w (%w)", ErrKeyMismatch, err)
 	}
+	if err == nil && stale {
+		s.rewrap(ctx, name, h, rec)
+	}
 	return rec, err
+}
+
+// rewrap seals a record read with a previous key again with the current
+// one, in place: the same generation, no change announced (what it holds
+// is the same), and only if nobody wrote it meanwhile. A failure is only
+// counted: the next read tries again.
+func (s *Store) rewrap(ctx context.Context, name string, h map[string]string, rec tokencache.Record) {
+	sealed, err := s.keys.sealRecord(name, rec)
+	var n int64
+	if err == nil {
+		n, err = rewrapScript.Run(ctx, s.client, []string{name},
+			h[fieldGen], h[fieldRecord], sealed.record, h[fieldAccess], sealed.access).Int64()
+	}
+	switch {
+	case err != nil:
+		s.observe("rewrap", "error")
+	case n == 0:
+		s.observe("rewrap", "conflict") // written meanwhile, with the current key
+	default:
+		s.observe("rewrap", "ok")
+	}
 }
 
 // CompareAndSwap implements tokencache.Store, and publishes the change. A

@@ -1005,3 +1005,168 @@ func TestBadKeys(t *testing.T) {
 func aclUser(password string) []string {
 	return []string{"--user", "alice", "on", ">" + password, "~oauthproxy:*", "&oauthproxy:*", "+@all", "--user", "default", "off"}
 }
+
+// TestKeyRotation: replicas whose cache.key was rotated (the old key in
+// PreviousKeys) find the records the old key wrote under the same names,
+// read them, seal them again with the new key in place (same generation,
+// same expiry, nothing announced), claim the key check with the new key,
+// and compare the same access-token digests.
+func TestKeyRotation(t *testing.T) {
+	r := startRedis(t)
+	ctx := t.Context()
+	raw := rawClient(t, r)
+	old := newStore(t, r, nil)
+	fp := []byte("shared entry")
+	key := old.EntryKey(fp)
+	rec := fullRecord()
+	rec.Expiry = time.Now().Add(time.Hour)
+	rec.RefreshToken = ""
+	stored, err := old.CompareAndSwap(ctx, key, 0, rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	name := old.recName(key)
+	ttl := raw.PTTL(ctx, name).Val()
+	if v := raw.Get(ctx, old.keyCheckName()).Val(); len(v) < 2 || v[1] != mustKeys(t, testKey).cur.id {
+		t.Fatal("the key check is not sealed with the old key")
+	}
+	newID := mustKeys(t, otherKey).cur.id
+
+	var obs observed
+	rotated := newStore(t, r, func(o *Options) {
+		o.Key, o.PreviousKeys, o.Observe = otherKey, [][]byte{testKey}, obs.observe
+	})
+	if rotated.EntryKey(fp) != key {
+		t.Fatal("rotating cache.key changed the entry's key name")
+	}
+	changes, stop := subscribed(t, rotated, key)
+	defer stop()
+	got, err := rotated.Load(ctx, key)
+	if err != nil {
+		t.Fatalf("Load of a value sealed with the previous key: %v", err)
+	}
+	if d := diffRecord(got, stored); d != "" {
+		t.Errorf("Load after rotation: %s", d)
+	}
+	// The first call claimed the key check again, the read sealed the record again.
+	if n := obs.get("rewrap/ok"); n != 2 {
+		t.Errorf("rewrap/ok = %d, want 2 (the key check and the record, sealed again)", n)
+	}
+	if v := raw.Get(ctx, old.keyCheckName()).Val(); len(v) < 2 || v[1] != newID {
+		t.Error("the rotated replica did not claim the key check with the new key")
+	}
+	h := raw.HGetAll(ctx, name).Val()
+	for _, f := range []string{fieldRecord, fieldAccess} {
+		if v := h[f]; len(v) < 2 || v[1] != newID {
+			t.Errorf("field %s is not sealed with the new key after the read", f)
+		}
+	}
+	if h[fieldGen] != "1" {
+		t.Errorf("generation %q after the rewrap, want 1: nothing changed", h[fieldGen])
+	}
+	if d := raw.PTTL(ctx, name).Val(); d <= 0 || d > ttl {
+		t.Errorf("expiry %v after the rewrap, was %v", d, ttl)
+	}
+	select {
+	case <-changes:
+		t.Error("the rewrap announced a change")
+	case <-time.After(200 * time.Millisecond):
+	}
+	// Read and ping again: nothing left to seal again.
+	if err := rotated.Ping(ctx); err != nil {
+		t.Fatalf("Ping of the rotated replica: %v", err)
+	}
+	if _, err := rotated.Load(ctx, key); err != nil || obs.get("rewrap/ok") != 2 {
+		t.Errorf("second Load: %v, rewraps %v", err, obs.m)
+	}
+	// The digest of a token the old key wrote is the rotated replica's.
+	if err := rotated.Invalidate(ctx, key, "at-1"); err != nil || obs.get("invalidate/ok") != 1 {
+		t.Errorf("Invalidate across the rotation: %v, %v", err, obs.m)
+	}
+
+	// A replica with the new key and the old one as previous writes with
+	// the new key; one that knows only the old key, a replica not yet
+	// rolled, finds out and leaves the value alone.
+	if _, err := rotated.CompareAndSwap(ctx, key, 2, fullRecord()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := old.Load(ctx, key); !errors.Is(err, ErrKeyMismatch) {
+		t.Errorf("Load by a replica with only the old key = %v, want ErrKeyMismatch", err)
+	}
+}
+
+// TestRewrapScript: a record written between the read and the rewrap is
+// left alone.
+func TestRewrapScript(t *testing.T) {
+	r := startRedis(t)
+	ctx := t.Context()
+	raw := rawClient(t, r)
+	raw.HSet(ctx, "p:{x}:rec", "g", "2", "r", "r-2", "a", "a-2")
+	for _, tc := range []struct {
+		name         string
+		args         []any
+		want         int64
+		wantR, wantA string
+	}{
+		{"another generation", []any{"1", "r-2", "r-new", "a-2", "a-new"}, 0, "r-2", "a-2"},
+		{"another record", []any{"2", "r-1", "r-new", "a-2", "a-new"}, 0, "r-2", "a-2"},
+		{"another access token", []any{"2", "r-2", "r-new", "", ""}, 0, "r-2", "a-2"},
+		{"as read", []any{"2", "r-2", "r-new", "a-2", "a-new"}, 1, "r-new", "a-new"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n, err := rewrapScript.Run(ctx, raw, []string{"p:{x}:rec"}, tc.args...).Int64()
+			if err != nil || n != tc.want {
+				t.Errorf("rewrap = %d, %v; want %d", n, err, tc.want)
+			}
+			h := raw.HGetAll(ctx, "p:{x}:rec").Val()
+			if h["r"] != tc.wantR || h["a"] != tc.wantA || h["g"] != "2" {
+				t.Errorf("record %v", h)
+			}
+		})
+	}
+}
+
+// restrictedACL is the ACL user docs/replicas.md tells operators to make:
+// the commands the Store sends, and those its scripts call, on its keys
+// and channels only.
+var restrictedACL = []string{"resetkeys", "~oauthproxy:*", "resetchannels", "&oauthproxy:*", "-@all",
+	"+get", "+set", "+del", "+exists", "+hgetall", "+hget", "+hset", "+hdel", "+hincrby", "+pexpireat", "+persist",
+	"+eval", "+evalsha", "+publish", "+subscribe", "+ping"}
+
+// TestRestrictedACL runs every operation, a rotation's rewrap included,
+// as a user that has only the commands docs/replicas.md lists.
+func TestRestrictedACL(t *testing.T) {
+	const password = "acl-Pa55word"
+	r := startRedis(t, append(append([]string{"--user", "proxy", "on", ">" + password}, restrictedACL...), "--user", "default", "off")...)
+	as := func(o *Options) { o.Username, o.Password = "proxy", password }
+	old := newStore(t, r, as)
+	exercise(t, old, newStore(t, r, as))
+	ctx := t.Context()
+	key := old.EntryKey([]byte("acl"))
+	if _, err := old.CompareAndSwap(ctx, key, 0, fullRecord()); err != nil {
+		t.Fatal(err)
+	}
+	var obs observed
+	rotated := newStore(t, r, func(o *Options) {
+		as(o)
+		o.Key, o.PreviousKeys, o.Observe = otherKey, [][]byte{testKey}, obs.observe
+	})
+	if _, err := rotated.Load(ctx, key); err != nil || obs.get("rewrap/ok") != 2 {
+		t.Errorf("Load after a rotation: %v; %v", err, obs.m)
+	}
+	// An access token without a refresh token expires (PEXPIREAT);
+	// invalidating it twice finds no digest the second time (EXISTS).
+	rec := fullRecord()
+	rec.RefreshToken, rec.Expiry = "", time.Now().Add(time.Hour)
+	if _, err := rotated.CompareAndSwap(ctx, key, 1, rec); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := rotated.Invalidate(ctx, key, "at-1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if obs.get("invalidate/ok") != 1 || obs.get("invalidate/conflict") != 1 {
+		t.Errorf("Invalidate twice: %v", obs.m)
+	}
+}
