@@ -165,7 +165,7 @@ func (s *Source) storeDown(ctx context.Context, start time.Time, err error) (*To
 	rec := s.rec
 	s.mu.Unlock()
 	if !was {
-		s.log.Error("the shared token cache is unreachable: serving with this process's own tokens until it is back", "error", err)
+		s.log.Error("the shared token cache cannot be used: serving with this process's own tokens until it can", "error", err)
 		if rec.RefreshToken != "" && !s.shared.rotating {
 			// refresh_token_rotation: false: the refresh token may be
 			// used by several replicas; keep using it locally.
@@ -193,6 +193,27 @@ func (s *Source) fetchDegraded(ctx context.Context, start time.Time) (*Token, er
 		}
 	}
 	return s.obtainWith(ctx, start, s.local)
+}
+
+// probeShared looks at the shared store between renewals, so that an
+// outage shows (and the end of one is noticed) within rejoinEvery even
+// when no request needs the store: /tokens, /readyz and the rejoin.
+func (s *Source) probeShared(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	_, err := s.shared.store.Load(ctx, s.key)
+	if err == nil || errors.Is(err, ErrNotFound) {
+		s.rejoined()
+		return
+	}
+	s.mu.Lock()
+	was := s.shared.degraded
+	s.shared.degraded = true
+	s.shared.degradedUntil = s.now().Add(rejoinEvery)
+	s.mu.Unlock()
+	if !was {
+		s.log.Error("the shared token cache cannot be used: serving with this process's own tokens until it can", "error", err)
+	}
 }
 
 // rejoined is called after the shared store answered again.

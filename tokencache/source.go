@@ -106,6 +106,9 @@ type Source struct {
 	rec Record     // the stored record as last read or written
 
 	signMu sync.Mutex // one sign-in or revocation at a time
+	// seedRT is a configured refresh token that could not be stored in
+	// the shared cache at start: used while the cache holds none.
+	seedRT Secret
 
 	wake      chan struct{}
 	stop      chan struct{}
@@ -161,7 +164,13 @@ func New(cfg Config) (*Source, error) {
 	}
 	if seeder, ok := s.grant.(Seeder); ok && seeder.Seed() != "" {
 		if err := s.seed(seeder.Seed()); err != nil {
-			return nil, err
+			if s.shared == nil {
+				return nil, err
+			}
+			// Replicas start while Redis is down, or all at once: the
+			// configured token is used when the shared record has none.
+			s.log.Warn("the configured refresh token could not be stored in the shared cache yet; it is used when the cache holds none", "error", err)
+			s.seedRT = seeder.Seed()
 		}
 	}
 	if a, ok := s.grant.(interface{ attach(*Source) }); ok {
@@ -176,7 +185,8 @@ func New(cfg Config) (*Source, error) {
 // seed stores a configured refresh token unless the store holds one (a
 // rotated successor is newer than the config's).
 func (s *Source) seed(rt Secret) error {
-	ctx := context.Background()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
 	rec, err := s.store.Load(ctx, s.key)
 	switch {
 	case err == nil && rec.RefreshToken != "":
@@ -187,6 +197,12 @@ func (s *Source) seed(rt Secret) error {
 	}
 	rec.RefreshToken, rec.Updated = rt, s.now()
 	stored, err := s.store.CompareAndSwap(ctx, s.key, rec.Generation, rec)
+	if errors.Is(err, ErrConflict) { // another replica seeded it first
+		if cur, lerr := s.store.Load(ctx, s.key); lerr == nil && cur.RefreshToken != "" {
+			s.rec = cur
+			return nil
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("oauth2 %q: storing the refresh token: %w", s.name, err)
 	}
@@ -322,6 +338,9 @@ func (s *Source) obtain(ctx context.Context, start time.Time) (*Token, error) {
 		rec, err := s.record(ctx)
 		if err != nil {
 			return nil, err
+		}
+		if rec.RefreshToken == "" && s.seedRT != "" {
+			rec.RefreshToken = s.seedRT
 		}
 		if rec.RefreshToken != "" {
 			tok, err := s.exchange(ctx, refreshParams(rec.RefreshToken), start)
@@ -572,10 +591,19 @@ func (s *Source) run() {
 	defer cancel()
 	timer := time.NewTimer(0)
 	defer timer.Stop()
+	var probe <-chan time.Time // a shared Source looks at its store on its own
+	if s.shared != nil {
+		t := time.NewTicker(rejoinEvery)
+		defer t.Stop()
+		probe = t.C
+	}
 	for {
 		select {
 		case <-s.stop:
 			return
+		case <-probe:
+			s.probeShared(ctx)
+			continue
 		case <-timer.C:
 		case <-s.wake:
 		}

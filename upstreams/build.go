@@ -418,6 +418,9 @@ func (c *Config) AddSecrets(sc *tokencache.Scrubber) {
 	}
 	if c.Cache != nil {
 		sc.Add(c.Cache.Key.Secret)
+		for _, k := range c.Cache.PreviousKeys {
+			sc.Add(k.Secret)
+		}
 		if r := c.Cache.Redis; r != nil {
 			sc.Add(r.Password.Secret)
 			if u, err := url.Parse(r.URL.Reveal()); err == nil && u.User != nil {
