@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -15,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -1370,4 +1372,226 @@ func testMailPipelinedSTARTTLS(t *testing.T, p *proc, idp *mailIdP, password str
 	if n := idp.hits.Load() - tokens; n != 0 {
 		t.Errorf("token requests = %d, want 0: the token fetched at start-up serves all", n)
 	}
+}
+
+// TestMailBench measures the mail listeners of the built binary against
+// the same servers straight (docs/benchmarks.md, "Mail"): a 20 MiB IMAP
+// FETCH and a 20 MiB SMTP DATA, in alternating order for several rounds,
+// and the proxy's resident memory with 100 idle logged-in IMAP sessions.
+// A benchmark, so only on request, and without -race:
+//
+//	OAUTHPROXY_REQUIRE_SERVERS=1 OAUTHPROXY_MAIL_BENCH=1 go test ./e2e -run TestMailBench -count=1 -v
+func TestMailBench(t *testing.T) {
+	if os.Getenv("OAUTHPROXY_MAIL_BENCH") == "" {
+		t.Skip("a benchmark: set OAUTHPROXY_MAIL_BENCH=1 to run it")
+	}
+	if raceEnabled {
+		t.Skip("a benchmark: run it without -race")
+	}
+	const rounds, size, sessions = 15, 20 << 20, 100
+	ms := startMailServers(t)
+	idp := ms.newIdP(t, "")
+	secret, password := randomString("cs-mail-"), randomString("pw-mail-")
+	addCanary(secret, password)
+	config := func(ls ...mailListen) string {
+		// As shipped: info, not the debug of the other tests.
+		return strings.Replace(mailConfig(ms.caFile, secret, password, map[string]string{"mail": idp.URL},
+			map[string]string{mailBox: "mail"}, ls), "level: debug", "level: info", 1)
+	}
+	imapL := mailListen{"imap", freeAddr(t), ms.imaps, "implicit", "xoauth2", true, ""}
+	smtpL := mailListen{"smtp", freeAddr(t), ms.smtps, "implicit", "xoauth2", true, ""}
+	startProxy(t, config(imapL, smtpL))
+
+	caPEM, err := os.ReadFile(ms.caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(caPEM)
+	ir := base64.StdEncoding.EncodeToString([]byte("user=" + mailBox + "\x01auth=Bearer " + idp.issue() + "\x01\x01"))
+	// direct logs in at the server itself, over TLS as the proxy does.
+	direct := func(proto string) *mailConn {
+		conn, err := tls.Dial("tcp", map[string]string{"imap": ms.imaps, "smtp": ms.smtps}[proto], &tls.Config{RootCAs: roots})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		c := &mailConn{t: t, conn: conn, r: bufio.NewReader(conn)}
+		if proto == "imap" {
+			c.expect("* OK")
+			c.send("a1 AUTHENTICATE XOAUTH2 " + ir)
+			c.expect("a1 OK")
+		} else {
+			c.expect("220 ")
+			c.send("EHLO bench.test")
+			c.until("250 ")
+			c.send("AUTH XOAUTH2 " + ir)
+			c.expect("235 ")
+		}
+		return c
+	}
+	// proxied logs in through the listener, with no TLS on loopback as
+	// the clients the listeners are for.
+	proxied := func(l mailListen) *mailConn {
+		c := dialMail(t, l.listen)
+		if got := mailLogin(c, l.proto, mailBox, password); !strings.HasPrefix(got, mailAnswers[l.proto].ok) {
+			t.Fatalf("%s login through the proxy: %q", l.proto, got)
+		}
+		return c
+	}
+
+	msg := bigMailMessage(randomString(""), size)
+	setup := direct("imap")
+	setup.conn.SetDeadline(time.Now().Add(10 * time.Minute))
+	uid := imapAppendFetch(setup, msg)
+	fetch := func(c *mailConn, tag string) {
+		c.send(fmt.Sprintf("%s UID FETCH %d BODY.PEEK[]", tag, uid))
+		head := c.expect("* ")
+		var n int64
+		if _, err := fmt.Sscanf(head[strings.LastIndexByte(head, '{'):], "{%d}", &n); err != nil || n != size {
+			t.Fatalf("FETCH answer %q: %d bytes, %v", head, n, err)
+		}
+		if _, err := io.CopyN(io.Discard, c.r, n); err != nil {
+			t.Fatal(err)
+		}
+		c.until(tag + " OK")
+	}
+	delivered := 0
+	data := func(c *mailConn, _ string) {
+		c.send("MAIL FROM:<box@example.com>", "RCPT TO:<box@example.com>", "DATA")
+		c.expect("250 ")
+		c.expect("250 ")
+		c.expect("354 ")
+		if _, err := c.conn.Write(append(msg, ".\r\n"...)); err != nil {
+			t.Fatal(err)
+		}
+		c.expect("250 ")
+		// Postfix delivers after its 250: wait for that, so that the
+		// next round does not share the machine with it.
+		delivered++
+		deadline := time.Now().Add(time.Minute)
+		for {
+			files, _ := filepath.Glob(filepath.Join(ms.delivered, "new", "*"))
+			if len(files) >= delivered {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("message %d not delivered within a minute", delivered)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+
+	for _, bench := range []struct {
+		name string
+		l    mailListen
+		op   func(c *mailConn, tag string)
+	}{
+		{"IMAP FETCH 20 MiB", imapL, fetch},
+		{"SMTP DATA 20 MiB", smtpL, data},
+	} {
+		d, pr := direct(bench.l.proto), proxied(bench.l)
+		for _, c := range []*mailConn{d, pr} {
+			c.conn.SetDeadline(time.Now().Add(10 * time.Minute))
+			if bench.l.proto == "imap" {
+				c.imapDo("s", "SELECT INBOX")
+			}
+			bench.op(c, "w") // warm up: caches, TLS, buffers
+		}
+		var dt, pt, ratio []float64
+		for i := range rounds {
+			timed := func(c *mailConn) float64 {
+				start := time.Now()
+				bench.op(c, fmt.Sprintf("f%d", i))
+				return time.Since(start).Seconds()
+			}
+			var td, tp float64
+			if i%2 == 0 {
+				td, tp = timed(d), timed(pr)
+			} else {
+				tp, td = timed(pr), timed(d)
+			}
+			dt, pt, ratio = append(dt, td), append(pt, tp), append(ratio, tp/td)
+		}
+		t.Logf("%s, %d rounds: direct median %.0f ms, proxy median %.0f ms; proxy/direct per round: median %.3f [%.3f..%.3f]",
+			bench.name, rounds, 1000*median(dt), 1000*median(pt), median(ratio), slices.Min(ratio), slices.Max(ratio))
+	}
+
+	// Memory: a fresh process with one listener, as after a restart.
+	ml := mailListen{"imap", freeAddr(t), ms.imaps, "implicit", "xoauth2", true, ""}
+	mp := startProxy(t, config(ml))
+	if got, err := tryMailLogin(ml.listen, "imap", mailBox, password); err != nil || !strings.HasPrefix(got, "a1 OK") {
+		t.Fatalf("login: %q %v", got, err)
+	}
+	before := vmKiB(t, mp.cmd.Process.Pid, "VmRSS")
+	conns := make([]net.Conn, sessions)
+	answers := concurrently(sessions, func(i int) (string, error) {
+		conn, err := net.DialTimeout("tcp", ml.listen, 5*time.Second)
+		if err != nil {
+			return "", err
+		}
+		conns[i] = conn
+		conn.SetDeadline(time.Now().Add(time.Minute))
+		r := bufio.NewReader(conn)
+		got, err := loginOn(conn, r, "imap", mailBox, password)
+		if err == nil && strings.HasPrefix(got, "a1 OK") {
+			io.WriteString(conn, "s SELECT INBOX\r\n")
+			for err == nil && !strings.HasPrefix(got, "s ") {
+				got, err = r.ReadString('\n')
+			}
+		}
+		return got, err
+	})
+	t.Cleanup(func() {
+		for _, c := range conns {
+			if c != nil {
+				c.Close()
+			}
+		}
+	})
+	for _, a := range answers {
+		if !strings.HasPrefix(a, "s OK") {
+			t.Fatalf("an idle session did not get to SELECT: %q", a)
+		}
+	}
+	time.Sleep(2 * time.Second) // idle: whatever the logins left behind settles
+	after := vmKiB(t, mp.cmd.Process.Pid, "VmRSS")
+	pid := mp.cmd.Process.Pid
+	t.Logf("RSS of oauthproxy: %.1f MiB with no session, %.1f MiB with %d idle logged-in IMAP sessions (%.0f KiB each; anonymous %.1f MiB, file %.1f MiB); peak %.1f MiB",
+		float64(before)/1024, float64(after)/1024, sessions, float64(after-before)/sessions,
+		float64(vmKiB(t, pid, "RssAnon"))/1024, float64(vmKiB(t, pid, "RssFile"))/1024, float64(vmKiB(t, pid, "VmHWM"))/1024)
+	t.Logf("%s, %d CPUs, load %s", runtime.Version(), runtime.NumCPU(), loadAvg())
+}
+
+func median(xs []float64) float64 {
+	s := slices.Sorted(slices.Values(xs))
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// vmKiB is a line of /proc/PID/status in kB (VmRSS, VmHWM, RssAnon), in KiB.
+func vmKiB(t *testing.T, pid int, key string) int {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, key+":"); ok {
+			n, err := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")))
+			if err != nil {
+				t.Fatalf("%s: %q: %v", key, l, err)
+			}
+			return n
+		}
+	}
+	t.Fatalf("no %s in /proc/%d/status", key, pid)
+	return 0
+}
+
+func loadAvg() string {
+	b, _ := os.ReadFile("/proc/loadavg")
+	return strings.Join(strings.Fields(string(b))[:3], " ")
 }
