@@ -1448,7 +1448,7 @@ func TestMailBench(t *testing.T) {
 		c.send(fmt.Sprintf("%s UID FETCH %d BODY.PEEK[]", tag, uid))
 		head := c.expect("* ")
 		var n int64
-		if _, err := fmt.Sscanf(head[strings.LastIndexByte(head, '{'):], "{%d}", &n); err != nil || n != size {
+		if _, err := fmt.Sscanf(head[max(strings.LastIndexByte(head, '{'), 0):], "{%d}", &n); err != nil || n != size {
 			t.Fatalf("FETCH answer %q: %d bytes, %v", head, n, err)
 		}
 		if _, err := io.CopyN(io.Discard, c.r, n); err != nil {
