@@ -3,6 +3,8 @@ package e2e
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -14,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -544,8 +547,40 @@ func mailMessage(id string, bodyLines int) []byte {
 	return b.Bytes()
 }
 
-// imapAppendFetch appends msg to INBOX and fetches it back byte for byte.
-func imapAppendFetch(c *mailConn, msg []byte) {
+// bigMailMessage is a message like mailMessage of exactly size bytes.
+func bigMailMessage(id string, size int) []byte {
+	b := bytes.NewBuffer(mailMessage(id, 0))
+	b.Grow(size - b.Len())
+	for i := 0; b.Len() < size; i++ {
+		line := fmt.Sprintf("line %d of %s: \xc3\xa4 8-bit and some padding ......", i, id)
+		// The last line takes what is left, two lines' worth at most, so
+		// that no line is left with room for less than its CRLF.
+		if rest := size - b.Len(); rest < 2*len(line)+4 {
+			line = strings.Repeat("x", rest-2)
+		}
+		b.WriteString(line + "\r\n")
+	}
+	return b.Bytes()
+}
+
+// sameBytes fails unless got is want, naming the first difference rather
+// than printing megabytes.
+func sameBytes(t *testing.T, what string, got, want []byte) {
+	t.Helper()
+	if bytes.Equal(got, want) {
+		return
+	}
+	i := 0
+	for i < len(got) && i < len(want) && got[i] == want[i] {
+		i++
+	}
+	t.Fatalf("%s: %d bytes, want %d; they differ from byte %d: %q, want %q", what, len(got), len(want), i,
+		got[i:min(len(got), i+64)], want[i:min(len(want), i+64)])
+}
+
+// imapAppendFetch appends msg to INBOX, fetches it back byte for byte and
+// returns its UID.
+func imapAppendFetch(c *mailConn, msg []byte) int {
 	t := c.t
 	t.Helper()
 	c.imapDo("s1", "SELECT INBOX")
@@ -571,16 +606,16 @@ func imapAppendFetch(c *mailConn, msg []byte) {
 	if _, err := io.ReadFull(c.r, got); err != nil {
 		t.Fatal(err)
 	}
-	if !bytes.Equal(got, msg) {
-		t.Fatalf("fetched %d bytes, want the %d appended:\n%q", len(got), len(msg), got)
-	}
+	sameBytes(t, "the message fetched", got, msg)
 	c.until("s3 OK")
+	return uid
 }
 
 // mailListen is one listener of a test's config.
 type mailListen struct {
 	proto, listen, server, mode, mech string
-	ca                                bool // server_tls.ca_file: the test CA
+	ca                                bool   // server_tls.ca_file: the test CA
+	clientTLS                         string // the keys of tls (towards the client), "" for none
 }
 
 func (l mailListen) yaml(caFile string) string {
@@ -588,8 +623,12 @@ func (l mailListen) yaml(caFile string) string {
 	if l.ca {
 		tlsKeys += ", ca_file: " + caFile
 	}
-	return fmt.Sprintf("    - {protocol: %s, listen: %s, server: %s, server_tls: {%s}, mechanism: %s}\n",
-		l.proto, l.listen, l.server, tlsKeys, l.mech)
+	client := ""
+	if l.clientTLS != "" {
+		client = ", tls: {" + l.clientTLS + "}"
+	}
+	return fmt.Sprintf("    - {protocol: %s, listen: %s, server: %s, server_tls: {%s}, mechanism: %s%s}\n",
+		l.proto, l.listen, l.server, tlsKeys, l.mech, client)
 }
 
 // mailConfig is a config with no routes: oauth2 entries (name -> token
@@ -652,6 +691,7 @@ func TestMail(t *testing.T) {
 		"never_pop3": ms.newIdP(t, "all"),
 		"never_smtp": ms.newIdP(t, "all"),
 		"burst":      ms.newIdP(t, "first"),
+		"pipelined":  ms.newIdP(t, ""),
 	}
 	entries := map[string]string{}
 	accounts := map[string]string{mailBox: "mail"}
@@ -662,18 +702,25 @@ func TestMail(t *testing.T) {
 		}
 	}
 	tr := newTrap(t)
+	// TLS towards the client, with a certificate of a CA of its own.
+	clientCA := newPKI(t, "mail listener CA")
+	certFile, keyFile, _ := clientCA.issue(t, "mail listener", nil, "127.0.0.1")
+	clientTLS := fmt.Sprintf("cert_file: %s, key_file: %s, mode: starttls", certFile, keyFile)
 	ls := map[string]mailListen{
-		"imaps":      {"imap", freeAddr(t), ms.imaps, "implicit", "xoauth2", true},
-		"imap":       {"imap", freeAddr(t), ms.imap, "starttls", "oauthbearer", true},
-		"pop3s":      {"pop3", freeAddr(t), ms.pop3s, "implicit", "oauthbearer", true},
-		"pop3":       {"pop3", freeAddr(t), ms.pop3, "starttls", "xoauth2", true},
-		"submission": {"smtp", freeAddr(t), ms.submission, "starttls", "xoauth2", true},
-		"smtps":      {"smtp", freeAddr(t), ms.smtps, "implicit", "oauthbearer", true},
+		"imaps":      {"imap", freeAddr(t), ms.imaps, "implicit", "xoauth2", true, ""},
+		"imap":       {"imap", freeAddr(t), ms.imap, "starttls", "oauthbearer", true, ""},
+		"pop3s":      {"pop3", freeAddr(t), ms.pop3s, "implicit", "oauthbearer", true, ""},
+		"pop3":       {"pop3", freeAddr(t), ms.pop3, "starttls", "xoauth2", true, ""},
+		"submission": {"smtp", freeAddr(t), ms.submission, "starttls", "xoauth2", true, ""},
+		"smtps":      {"smtp", freeAddr(t), ms.smtps, "implicit", "oauthbearer", true, ""},
 		// The system roots do not know the test CA.
-		"untrusted": {"imap", freeAddr(t), ms.imaps, "implicit", "xoauth2", false},
-		"trap-imap": {"imap", freeAddr(t), tr.ln.Addr().String(), "none", "xoauth2", false},
-		"trap-pop3": {"pop3", freeAddr(t), tr.ln.Addr().String(), "none", "xoauth2", false},
-		"trap-smtp": {"smtp", freeAddr(t), tr.ln.Addr().String(), "none", "xoauth2", false},
+		"untrusted":     {"imap", freeAddr(t), ms.imaps, "implicit", "xoauth2", false, ""},
+		"trap-imap":     {"imap", freeAddr(t), tr.ln.Addr().String(), "none", "xoauth2", false, ""},
+		"trap-pop3":     {"pop3", freeAddr(t), tr.ln.Addr().String(), "none", "xoauth2", false, ""},
+		"trap-smtp":     {"smtp", freeAddr(t), tr.ln.Addr().String(), "none", "xoauth2", false, ""},
+		"starttls-imap": {"imap", freeAddr(t), ms.imaps, "implicit", "xoauth2", true, clientTLS},
+		"starttls-pop3": {"pop3", freeAddr(t), ms.pop3s, "implicit", "xoauth2", true, clientTLS},
+		"starttls-smtp": {"smtp", freeAddr(t), ms.smtps, "implicit", "xoauth2", true, clientTLS},
 	}
 	var list []mailListen
 	for _, l := range ls {
@@ -729,6 +776,20 @@ func TestMail(t *testing.T) {
 				c.closed()
 			})
 		}
+	})
+
+	t.Run("20 MiB message", func(t *testing.T) {
+		c := dialMail(t, addr("imaps"))
+		c.conn.SetDeadline(time.Now().Add(2 * time.Minute)) // a slow machine under -race
+		if ok := mailLogin(c, "imap", mailBox, password); !strings.HasPrefix(ok, "a1 OK") {
+			t.Fatalf("login: %q", ok)
+		}
+		uid := imapAppendFetch(c, bigMailMessage(randomString(""), 20<<20))
+		// Gone again: the POP3 test reads the whole mailbox.
+		c.imapDo("d1", fmt.Sprintf(`UID STORE %d +FLAGS.SILENT (\Deleted)`, uid))
+		c.imapDo("d2", fmt.Sprintf("UID EXPUNGE %d", uid))
+		c.imapDo("z", "LOGOUT")
+		c.closed()
 	})
 
 	t.Run("POP3", func(t *testing.T) {
@@ -946,11 +1007,16 @@ func TestMail(t *testing.T) {
 		}
 	})
 
-	t.Run("50 concurrent logins, one token request", func(t *testing.T) {
-		// Every login's first token is rejected: 50 sessions invalidate
+	t.Run("nothing pipelined after STARTTLS is executed", func(t *testing.T) {
+		testMailPipelinedSTARTTLS(t, p, idps["pipelined"], password, clientCA, map[string]string{
+			"imap": addr("starttls-imap"), "pop3": addr("starttls-pop3"), "smtp": addr("starttls-smtp")})
+	})
+
+	t.Run("100 concurrent logins, one token request", func(t *testing.T) {
+		// Every login's first token is rejected: 100 sessions invalidate
 		// it at once, and exactly one new token is fetched for all.
 		idp := idps["burst"]
-		const n = 50
+		const n = 100
 		answers := concurrently(n, func(int) (string, error) {
 			return tryMailLogin(addr("imaps"), "imap", "burst@example.com", password)
 		})
@@ -966,7 +1032,7 @@ func TestMail(t *testing.T) {
 			t.Errorf("%d of %d logins succeeded", ok, n)
 		}
 		if got := idp.hits.Load(); got != 2 {
-			t.Errorf("token requests = %d, want 2: the one before, and one for all 50 rejections", got)
+			t.Errorf("token requests = %d, want 2: the one before, and one for all %d rejections", got, n)
 		}
 		if got := idp.logins(); got < n+1 {
 			t.Errorf("logins at the server = %d, want at least %d", got, n+1)
@@ -984,15 +1050,19 @@ func TestMail(t *testing.T) {
 				labels []string
 				want   float64 // -1: no such series
 			}{
-				// imaps: 2 IMAP tests, the POP3 test's message, once, 50 of burst.
-				{"oauthproxy_mail_sessions_total", []string{"listener=" + addr("imaps"), "result=ok"}, 54},
+				// imaps: 2 IMAP tests, 20 MiB, the POP3 test's message, once, 100 of burst.
+				{"oauthproxy_mail_sessions_total", []string{"listener=" + addr("imaps"), "result=ok"}, 105},
 				{"oauthproxy_mail_sessions_total", []string{"listener=" + addr("imaps"), "result=rejected"}, 1},
 				{"oauthproxy_mail_sessions_total", []string{"listener=" + addr("untrusted"), "result=unavailable"}, 1},
 				{"oauthproxy_mail_sessions_total", []string{"listener=" + addr("trap-imap"), "result=denied"}, 2},
 				{"oauthproxy_mail_sessions_total", []string{"listener=" + addr("submission"), "result=ok"}, 1},
-				{"oauthproxy_mail_auth_duration_seconds_count", []string{"listener=" + addr("imaps")}, 55},
+				{"oauthproxy_mail_auth_duration_seconds_count", []string{"listener=" + addr("imaps")}, 106},
 				{"oauthproxy_mail_auth_duration_seconds_count", []string{"listener=" + addr("pop3s")}, 1},
-				{"oauthproxy_mail_auth_duration_seconds_bucket", []string{"listener=" + addr("imaps"), "le=+Inf"}, 55},
+				{"oauthproxy_mail_auth_duration_seconds_bucket", []string{"listener=" + addr("imaps"), "le=+Inf"}, 106},
+				// Each STARTTLS listener: one login after the handshake, and
+				// the pipelined session that never got to one.
+				{"oauthproxy_mail_sessions_total", []string{"listener=" + addr("starttls-smtp"), "result=ok"}, 1},
+				{"oauthproxy_mail_sessions_total", []string{"listener=" + addr("starttls-smtp"), "result=abandoned"}, 1},
 				// A refused login never reaches the token source.
 				{"oauthproxy_mail_auth_duration_seconds_count", []string{"listener=" + addr("trap-imap")}, -1},
 			} {
@@ -1029,8 +1099,8 @@ func TestMail(t *testing.T) {
 					}
 				}
 			}
-			if ok != 59 || denied != 6 {
-				problems = append(problems, fmt.Sprintf("%d ok and %d denied session lines, want 59 and 6", ok, denied))
+			if ok != 113 || denied != 6 {
+				problems = append(problems, fmt.Sprintf("%d ok and %d denied session lines, want 113 and 6", ok, denied))
 			}
 			return problems
 		})
@@ -1080,7 +1150,7 @@ func testMailReloadDrain(t *testing.T, ms *mailServers, idp *mailIdP) {
 	secret := randomString("cs-mail-")
 	pw1, pw2 := randomString("pw-mail-1-"), randomString("pw-mail-2-")
 	addCanary(secret, pw1, pw2)
-	l := mailListen{"imap", freeAddr(t), ms.imaps, "implicit", "xoauth2", true}
+	l := mailListen{"imap", freeAddr(t), ms.imaps, "implicit", "xoauth2", true, ""}
 	write := func(pw, mech string) string {
 		l := l
 		l.mech = mech
@@ -1181,4 +1251,375 @@ func testMailReloadDrain(t *testing.T, ms *mailServers, idp *mailIdP) {
 		t.Errorf("no \"stopped\" log line")
 	}
 	noLeak(t, "the proxy's output", p.out.String())
+}
+
+// testMailPipelinedSTARTTLS: a client that sends its login in the same
+// packet as STARTTLS (the CVE-2011-0411 class: a man in the middle injects
+// the plaintext, the server runs it as if it came over TLS) is refused and
+// hung up on, with no token fetched and nothing sent to the server; the
+// same account then logs in after a proper handshake. addrs are STARTTLS
+// listeners (towards the client) by protocol.
+func testMailPipelinedSTARTTLS(t *testing.T, p *proc, idp *mailIdP, password string, ca *pki, addrs map[string]string) {
+	const user = "pipelined@example.com"
+	type step struct{ send, want string }
+	tests := []struct {
+		proto     string
+		greet     []step // before STARTTLS
+		starttls  string
+		ready     string // the answer that starts the handshake
+		pipelined string // what follows STARTTLS in the same write
+		refused   string
+		reason    string
+		login     []step // after the handshake; the last one logs in
+		quit      string
+	}{
+		{
+			proto: "imap", greet: []step{{"", "* OK"}}, starttls: "a STARTTLS", ready: "a OK",
+			pipelined: fmt.Sprintf("b LOGIN %q %q", user, password),
+			refused:   "a BAD ", reason: "client: command pipelined after STARTTLS",
+			login: []step{{fmt.Sprintf("b LOGIN %q %q", user, password), "b OK"}}, quit: "z LOGOUT",
+		},
+		{
+			proto: "pop3", greet: []step{{"", "+OK"}}, starttls: "STLS", ready: "+OK",
+			pipelined: "USER " + user + "\r\nPASS " + password,
+			refused:   "-ERR ", reason: "client: command pipelined after STLS",
+			login: []step{{"USER " + user, "+OK"}, {"PASS " + password, "+OK"}}, quit: "QUIT",
+		},
+		{
+			proto: "smtp", greet: []step{{"", "220 "}, {"EHLO client.test", "250 "}}, starttls: "STARTTLS", ready: "220 ",
+			pipelined: "AUTH PLAIN " + saslPlain(user, password),
+			refused:   "554 ", reason: "client: command pipelined after STARTTLS",
+			login: []step{{"EHLO client.test", "250 "}, {"AUTH PLAIN " + saslPlain(user, password), "235 "}}, quit: "QUIT",
+		},
+	}
+	// run sends each step's line and reads its answer, which must start
+	// with want; SMTP continuation lines and IMAP untagged ones come first.
+	run := func(c *mailConn, steps []step) {
+		c.t.Helper()
+		for _, st := range steps {
+			if st.send != "" {
+				c.send(st.send)
+			}
+			for {
+				l := c.line()
+				if len(l) > 3 && l[0] >= '2' && l[0] <= '5' && l[3] == '-' ||
+					strings.HasPrefix(l, "* ") && !strings.HasPrefix(st.want, "* ") {
+					continue
+				}
+				if !strings.HasPrefix(l, st.want) {
+					c.t.Fatalf("after %q: %q, want %q...", strings.Fields(st.send + " greeting")[0], l, st.want)
+				}
+				break
+			}
+		}
+	}
+
+	// The proxy fetched the entry's token at start-up; logins use it.
+	tokens, logins := idp.hits.Load(), idp.logins()
+	for _, tc := range tests {
+		t.Run(tc.proto+" pipelined", func(t *testing.T) {
+			c := dialMail(t, addrs[tc.proto])
+			run(c, tc.greet)
+			if _, err := io.WriteString(c.conn, tc.starttls+"\r\n"+tc.pipelined+"\r\n"); err != nil {
+				t.Fatal(err)
+			}
+			c.expect(tc.refused)
+			// Nothing more: no TLS, and no answer to the login.
+			rest, err := io.ReadAll(c.r)
+			if err != nil {
+				t.Fatalf("waiting for the end of the connection: %v", err)
+			}
+			if len(rest) > 0 {
+				t.Fatalf("after the refusal the proxy sent %q, want nothing and a hang-up", rest)
+			}
+		})
+	}
+	if n := idp.logins() - logins; n != 0 {
+		t.Errorf("logins at the server after the pipelined ones = %d, want 0", n)
+	}
+	eventually(t, func() (problems []string) {
+		for _, tc := range tests {
+			if !slices.ContainsFunc(p.logLines("mail session"), func(rec map[string]any) bool {
+				return rec["listener"] == addrs[tc.proto] && rec["result"] == "abandoned" && rec["reason"] == tc.reason
+			}) {
+				problems = append(problems, fmt.Sprintf("%s: no mail session line with result abandoned and reason %q", tc.proto, tc.reason))
+			}
+		}
+		return problems
+	})
+
+	// The listeners and the account work: STARTTLS, the handshake, then
+	// the login.
+	for _, tc := range tests {
+		t.Run(tc.proto+" after the handshake", func(t *testing.T) {
+			c := dialMail(t, addrs[tc.proto])
+			run(c, tc.greet)
+			c.send(tc.starttls)
+			c.expect(tc.ready)
+			tc2 := tls.Client(c.conn, &tls.Config{RootCAs: ca.pool(), ServerName: "127.0.0.1"})
+			if err := tc2.Handshake(); err != nil {
+				t.Fatalf("TLS handshake after %s: %v", tc.starttls, err)
+			}
+			c = &mailConn{t: t, conn: tc2, r: bufio.NewReader(tc2)}
+			run(c, tc.login)
+			c.send(tc.quit)
+			c.closed()
+		})
+	}
+	if n := idp.logins() - logins; n != 3 {
+		t.Errorf("logins at the server = %d, want 3: those after a handshake", n)
+	}
+	if n := idp.hits.Load() - tokens; n != 0 {
+		t.Errorf("token requests = %d, want 0: the token fetched at start-up serves all", n)
+	}
+}
+
+// TestMailBench measures the mail listeners of the built binary against
+// the same servers straight (docs/benchmarks.md, "Mail"): a 20 MiB IMAP
+// FETCH and a 20 MiB SMTP DATA, in alternating order for several rounds,
+// and the proxy's resident memory with 100 idle logged-in IMAP sessions.
+// A benchmark, so only on request, and without -race:
+//
+//	OAUTHPROXY_REQUIRE_SERVERS=1 OAUTHPROXY_MAIL_BENCH=1 go test ./e2e -run TestMailBench -count=1 -v
+func TestMailBench(t *testing.T) {
+	if os.Getenv("OAUTHPROXY_MAIL_BENCH") == "" {
+		t.Skip("a benchmark: set OAUTHPROXY_MAIL_BENCH=1 to run it")
+	}
+	if raceEnabled {
+		t.Skip("a benchmark: run it without -race")
+	}
+	const rounds, size, sessions = 15, 20 << 20, 100
+	ms := startMailServers(t)
+	idp := ms.newIdP(t, "")
+	secret, password := randomString("cs-mail-"), randomString("pw-mail-")
+	addCanary(secret, password)
+	config := func(ls ...mailListen) string {
+		// As shipped: info, not the debug of the other tests.
+		return strings.Replace(mailConfig(ms.caFile, secret, password, map[string]string{"mail": idp.URL},
+			map[string]string{mailBox: "mail"}, ls), "level: debug", "level: info", 1)
+	}
+	imapL := mailListen{"imap", freeAddr(t), ms.imaps, "implicit", "xoauth2", true, ""}
+	smtpL := mailListen{"smtp", freeAddr(t), ms.smtps, "implicit", "xoauth2", true, ""}
+	p := startProxy(t, config(imapL, smtpL))
+
+	caPEM, err := os.ReadFile(ms.caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(caPEM)
+	ir := base64.StdEncoding.EncodeToString([]byte("user=" + mailBox + "\x01auth=Bearer " + idp.issue() + "\x01\x01"))
+	// direct logs in at the server itself, over TLS as the proxy does.
+	direct := func(proto string) *mailConn {
+		conn, err := tls.Dial("tcp", map[string]string{"imap": ms.imaps, "smtp": ms.smtps}[proto], &tls.Config{RootCAs: roots})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		c := &mailConn{t: t, conn: conn, r: bufio.NewReader(conn)}
+		if proto == "imap" {
+			c.expect("* OK")
+			c.send("a1 AUTHENTICATE XOAUTH2 " + ir)
+			c.expect("a1 OK")
+		} else {
+			c.expect("220 ")
+			c.send("EHLO bench.test")
+			c.until("250 ")
+			c.send("AUTH XOAUTH2 " + ir)
+			c.expect("235 ")
+		}
+		return c
+	}
+	// proxied logs in through the listener, with no TLS on loopback as
+	// the clients the listeners are for.
+	proxied := func(l mailListen) *mailConn {
+		c := dialMail(t, l.listen)
+		if got := mailLogin(c, l.proto, mailBox, password); !strings.HasPrefix(got, mailAnswers[l.proto].ok) {
+			t.Fatalf("%s login through the proxy: %q", l.proto, got)
+		}
+		return c
+	}
+
+	msg := bigMailMessage(randomString(""), size)
+	setup := direct("imap")
+	setup.conn.SetDeadline(time.Now().Add(10 * time.Minute))
+	uid := imapAppendFetch(setup, msg)
+	fetch := func(c *mailConn, tag string) {
+		c.send(fmt.Sprintf("%s UID FETCH %d BODY.PEEK[]", tag, uid))
+		head := c.expect("* ")
+		var n int64
+		if _, err := fmt.Sscanf(head[max(strings.LastIndexByte(head, '{'), 0):], "{%d}", &n); err != nil || n != size {
+			t.Fatalf("FETCH answer %q: %d bytes, %v", head, n, err)
+		}
+		if _, err := io.CopyN(io.Discard, c.r, n); err != nil {
+			t.Fatal(err)
+		}
+		c.until(tag + " OK")
+	}
+	delivered := 0
+	data := func(c *mailConn, _ string) {
+		c.send("MAIL FROM:<box@example.com>", "RCPT TO:<box@example.com>", "DATA")
+		c.expect("250 ")
+		c.expect("250 ")
+		c.expect("354 ")
+		if _, err := c.conn.Write(append(msg, ".\r\n"...)); err != nil {
+			t.Fatal(err)
+		}
+		c.expect("250 ")
+		// Postfix delivers after its 250: wait for that, so that the
+		// next round does not share the machine with it.
+		delivered++
+		deadline := time.Now().Add(time.Minute)
+		for {
+			files, _ := filepath.Glob(filepath.Join(ms.delivered, "new", "*"))
+			if len(files) >= delivered {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("message %d not delivered within a minute", delivered)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+
+	for _, bench := range []struct {
+		name string
+		l    mailListen
+		op   func(c *mailConn, tag string)
+	}{
+		{"IMAP FETCH 20 MiB", imapL, fetch},
+		{"SMTP DATA 20 MiB", smtpL, data},
+	} {
+		// A second direct session is the control: how far it lands from
+		// the first is the noise of the run.
+		conns := []*mailConn{direct(bench.l.proto), proxied(bench.l), direct(bench.l.proto)}
+		for _, c := range conns {
+			c.conn.SetDeadline(time.Now().Add(10 * time.Minute))
+			if bench.l.proto == "imap" {
+				c.imapDo("s", "SELECT INBOX")
+			}
+			bench.op(c, "w") // warm up: caches, TLS, buffers
+		}
+		secs := make([][]float64, len(conns))    // by connection, by round
+		cpu := make([]time.Duration, len(conns)) // this process and oauthproxy, all rounds
+		var proxy, control []float64             // per-round ratios to the first direct session
+		for i := range rounds {
+			for k := range conns { // each goes first in turn
+				j := (i + k) % len(conns)
+				cpu0 := cpuTime(t, os.Getpid()) + cpuTime(t, p.cmd.Process.Pid)
+				start := time.Now()
+				bench.op(conns[j], fmt.Sprintf("f%d", i))
+				secs[j] = append(secs[j], time.Since(start).Seconds())
+				cpu[j] += cpuTime(t, os.Getpid()) + cpuTime(t, p.cmd.Process.Pid) - cpu0
+			}
+			proxy = append(proxy, secs[1][i]/secs[0][i])
+			control = append(control, secs[2][i]/secs[0][i])
+		}
+		t.Logf("%s, %d rounds: medians direct %.0f ms, proxy %.0f ms, direct again %.0f ms; per-round ratios to direct: proxy %.2f [%.2f..%.2f], direct again %.2f [%.2f..%.2f]",
+			bench.name, rounds, 1000*median(secs[0]), 1000*median(secs[1]), 1000*median(secs[2]),
+			median(proxy), slices.Min(proxy), slices.Max(proxy), median(control), slices.Min(control), slices.Max(control))
+		// CPU does not depend on who else has the cores: the client's and
+		// the proxy's, Dovecot's and Postfix's left out (the same either way).
+		t.Logf("%s: CPU per operation, client and oauthproxy: direct %.0f ms, proxy %.0f ms, direct again %.0f ms",
+			bench.name, millis(cpu[0])/rounds, millis(cpu[1])/rounds, millis(cpu[2])/rounds)
+	}
+
+	// Memory: a fresh process with one listener, as after a restart.
+	ml := mailListen{"imap", freeAddr(t), ms.imaps, "implicit", "xoauth2", true, ""}
+	mp := startProxy(t, config(ml))
+	if got, err := tryMailLogin(ml.listen, "imap", mailBox, password); err != nil || !strings.HasPrefix(got, "a1 OK") {
+		t.Fatalf("login: %q %v", got, err)
+	}
+	before := vmKiB(t, mp.cmd.Process.Pid, "VmRSS")
+	conns := make([]net.Conn, sessions)
+	answers := concurrently(sessions, func(i int) (string, error) {
+		conn, err := net.DialTimeout("tcp", ml.listen, 5*time.Second)
+		if err != nil {
+			return "", err
+		}
+		conns[i] = conn
+		conn.SetDeadline(time.Now().Add(time.Minute))
+		r := bufio.NewReader(conn)
+		got, err := loginOn(conn, r, "imap", mailBox, password)
+		if err == nil && strings.HasPrefix(got, "a1 OK") {
+			io.WriteString(conn, "s SELECT INBOX\r\n")
+			for err == nil && !strings.HasPrefix(got, "s ") {
+				got, err = r.ReadString('\n')
+			}
+		}
+		return got, err
+	})
+	t.Cleanup(func() {
+		for _, c := range conns {
+			if c != nil {
+				c.Close()
+			}
+		}
+	})
+	for _, a := range answers {
+		if !strings.HasPrefix(a, "s OK") {
+			t.Fatalf("an idle session did not get to SELECT: %q", a)
+		}
+	}
+	time.Sleep(2 * time.Second) // idle: whatever the logins left behind settles
+	after := vmKiB(t, mp.cmd.Process.Pid, "VmRSS")
+	pid := mp.cmd.Process.Pid
+	t.Logf("RSS of oauthproxy: %.1f MiB with no session, %.1f MiB with %d idle logged-in IMAP sessions (%.0f KiB each; anonymous %.1f MiB, file %.1f MiB); peak %.1f MiB",
+		float64(before)/1024, float64(after)/1024, sessions, float64(after-before)/sessions,
+		float64(vmKiB(t, pid, "RssAnon"))/1024, float64(vmKiB(t, pid, "RssFile"))/1024, float64(vmKiB(t, pid, "VmHWM"))/1024)
+	t.Logf("%s, %d CPUs, load %s", runtime.Version(), runtime.NumCPU(), loadAvg())
+}
+
+func median(xs []float64) float64 {
+	s := slices.Sorted(slices.Values(xs))
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// vmKiB is a line of /proc/PID/status in kB (VmRSS, VmHWM, RssAnon), in KiB.
+func vmKiB(t *testing.T, pid int, key string) int {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, key+":"); ok {
+			n, err := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")))
+			if err != nil {
+				t.Fatalf("%s: %q: %v", key, l, err)
+			}
+			return n
+		}
+	}
+	t.Fatalf("no %s in /proc/%d/status", key, pid)
+	return 0
+}
+
+func millis(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// cpuTime is the user and system CPU time process pid has used, all its
+// threads, to the clock tick (10 ms).
+func cpuTime(t *testing.T, pid int) time.Duration {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The fields after the command name, which is in parentheses and may
+	// hold spaces: utime and stime are the 12th and 13th.
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		t.Fatalf("/proc/%d/stat: %q %q", pid, f[11], f[12])
+	}
+	return time.Duration(utime+stime) * time.Second / 100 // USER_HZ
+}
+
+func loadAvg() string {
+	b, _ := os.ReadFile("/proc/loadavg")
+	return strings.Join(strings.Fields(string(b))[:3], " ")
 }
