@@ -63,8 +63,20 @@ func (rl *relayer) touch(force bool) {
 // still gets +OK). When the server ends its side, or on any failure, both
 // connections are closed, which also ends the other direction: a mail
 // server that has hung up will not answer again.
+//
+// A session spends most of its life idle (IMAP IDLE waits for 30 minutes),
+// blocked in a Read: it does so with a small buffer of its own, and takes
+// a large pooled one only while a read fills the small one (a message
+// flowing), giving it back at the first short read.
 func (rl *relayer) copy(dst net.Conn, src io.Reader, n *int64, halfClose bool) {
-	buf := make([]byte, 16<<10)
+	var small [2 << 10]byte
+	buf := small[:]
+	var big *[]byte
+	defer func() {
+		if big != nil {
+			bigBuffers.Put(big)
+		}
+	}()
 	for {
 		nr, err := src.Read(buf)
 		if nr > 0 {
@@ -75,6 +87,14 @@ func (rl *relayer) copy(dst net.Conn, src io.Reader, n *int64, halfClose bool) {
 				rl.closeBoth()
 				return
 			}
+		}
+		switch {
+		case big == nil && nr == len(buf):
+			big = bigBuffers.Get().(*[]byte)
+			buf = *big
+		case big != nil && nr < len(small):
+			bigBuffers.Put(big)
+			big, buf = nil, small[:]
 		}
 		if err == nil {
 			continue
@@ -90,6 +110,9 @@ func (rl *relayer) copy(dst net.Conn, src io.Reader, n *int64, halfClose bool) {
 		return
 	}
 }
+
+// bigBuffers are the relay's buffers for data in flight.
+var bigBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
 
 func (rl *relayer) closeBoth() {
 	rl.closeOnce.Do(func() {
