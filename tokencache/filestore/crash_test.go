@@ -58,7 +58,18 @@ func TestKilledWhileRotating(t *testing.T) {
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(time.Duration(2+rand.IntN(15)) * time.Millisecond)
+		// Kill it at a random point once it is rotating (a race-built
+		// child on a loaded machine takes a while to start).
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+			if s, err := Open(path, testKey); err == nil {
+				rec, _ := s.Load(context.Background(), "entry")
+				s.Close()
+				if rec.Generation > last {
+					break
+				}
+			}
+		}
+		time.Sleep(time.Duration(rand.IntN(5000)) * time.Microsecond)
 		cmd.Process.Kill()
 		cmd.Wait()
 
