@@ -122,6 +122,7 @@ func NewHandler(opts Options) (*Handler, error) {
 	if h.met, err = newMetrics(opts.Meter); err != nil {
 		return nil, err
 	}
+	h.met.observed = h.observer != nil || h.tracer != nil
 	h.none = h.met.forRoute("none")
 	h.errLog = log.New(&slogWriter{h.log}, "", 0)
 	empty, err := h.NewTable(nil, Inbound{})
@@ -221,8 +222,10 @@ type route struct {
 	cred     atomic.Pointer[credential]
 	set      map[string][]string
 	remove   map[string]bool
-	inbound  string // the inbound secret header, never forwarded
-	rp       *httputil.ReverseProxy
+	inbound  string                 // the inbound secret header, never forwarded
+	rp       *httputil.ReverseProxy // upgrade requests; the rest take forward
+	errLog   *log.Logger
+	observed bool // requests carry an Outcome
 	met      *routeMetrics
 	log      *slog.Logger
 	tracer   trace.Tracer // nil: not traced
@@ -269,6 +272,10 @@ func (h *Handler) newRoute(r Route, g *guard) (*route, error) {
 		met:     h.routeMetrics(r.Prefix),
 		log:     h.log,
 		tracer:  h.tracer,
+		errLog:  h.errLog,
+		// observe starts an Outcome exactly then: otherwise nothing looks
+		// for one in the request's context.
+		observed: h.met.observed,
 	}
 	rt.host, rt.port = hostPort(r.Upstream)
 	if rt.root == "" {
@@ -386,7 +393,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// one, changing what the upstream said. The upstream's own replaces
 	// this nil entry.
 	w.Header()["Content-Type"] = nil
-	rt.rp.ServeHTTP(w, r)
+	if _, up := r.Header["Upgrade"]; up {
+		rt.rp.ServeHTTP(w, r)
+	} else {
+		rt.forward(w, r, start, o)
+	}
 	rt.met.observe(time.Since(start).Seconds())
 }
 
@@ -410,7 +421,18 @@ func (h *Handler) reject(w http.ResponseWriter, r *http.Request, start time.Time
 // Hop-by-hop headers and Forwarded/X-Forwarded-{For,Host,Proto} are already
 // gone from pr.Out.
 func (rt *route) rewrite(pr *httputil.ProxyRequest) {
-	in, out := pr.In, pr.Out
+	rt.setURL(pr.In, pr.Out)
+	rt.sanitize(pr.Out.Header)
+	if rt.ForwardedHeaders {
+		pr.SetXForwarded()
+	}
+	for k, v := range rt.set {
+		pr.Out.Header[k] = v
+	}
+}
+
+// setURL points the outgoing request at the upstream.
+func (rt *route) setURL(in, out *http.Request) {
 	path, _ := targetPath(in)
 	raw, _ := rt.outPath(path[len(rt.prefix):]) // ServeHTTP checked it
 	out.URL.Scheme, out.URL.Host = rt.Upstream.Scheme, rt.Upstream.Host
@@ -422,14 +444,6 @@ func (rt *route) rewrite(pr *httputil.ProxyRequest) {
 	// passed on byte for byte instead, and the proxy decides nothing on it.
 	out.URL.RawQuery, out.URL.ForceQuery = in.URL.RawQuery, in.URL.ForceQuery
 	out.Host = "" // the upstream's host, from out.URL
-
-	rt.sanitize(out.Header)
-	if rt.ForwardedHeaders {
-		pr.SetXForwarded()
-	}
-	for k, v := range rt.set {
-		out.Header[k] = v
-	}
 }
 
 func (rt *route) modifyResponse(resp *http.Response) error {

@@ -69,9 +69,16 @@ func NewTransport(o TransportOptions) *http.Transport {
 type authTransport struct{ rt *route }
 
 func (t authTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	rt := t.rt
-	start := time.Now()
-	o := outcomeOf(req.Context())
+	var o *Outcome
+	if t.rt.observed {
+		o = outcomeOf(req.Context())
+	}
+	return t.rt.roundTrip(req, time.Now(), o)
+}
+
+// roundTrip is authTransport's RoundTrip for forward, which knows when the
+// request started and its Outcome.
+func (rt *route) roundTrip(req *http.Request, start time.Time, o *Outcome) (*http.Response, error) {
 	tok, err := rt.token(req, o)
 	if err != nil {
 		closeBody(req)
