@@ -195,7 +195,7 @@ var emptyValue = []string{""}
 // list), the client's forwarding claims and what sanitize drops. Values
 // are shared with in: neither side changes a value in place.
 func (rt *route) outHeader(in http.Header) http.Header {
-	out := make(http.Header, len(in)+2)
+	out := make(http.Header, len(in)+len(rt.set)+3) // room for User-Agent, Te, X-Forwarded-*
 	for k, v := range in {
 		if !hopByHop(k) && !rt.drop(k) {
 			out[k] = v

@@ -89,6 +89,10 @@ type Options struct {
 	// long (a trickling client would hold a connection and an upstream
 	// request forever); 0 is none.
 	BodyIdleTimeout time.Duration
+	// BodyBufferDir is where replayable request bodies (up to a route's
+	// RetryBodyLimit) keep what does not fit their 64 KiB in memory, in
+	// files removed as soon as they are created; "" is os.TempDir().
+	BodyBufferDir string
 }
 
 // Handler is the proxy's http.Handler. It lives as long as the process;
@@ -104,6 +108,7 @@ type Handler struct {
 	bodyIdl  time.Duration
 	observer func(*Outcome)
 	tracer   trace.Tracer // nil: not traced
+	bodyDir  string
 
 	mu       sync.Mutex
 	routeMet map[string]*routeMetrics // by prefix: series outlive tables
@@ -111,7 +116,7 @@ type Handler struct {
 
 // NewHandler returns a Handler with an empty table.
 func NewHandler(opts Options) (*Handler, error) {
-	h := &Handler{log: opts.Logger, bodyIdl: opts.BodyIdleTimeout, observer: opts.Observe, routeMet: map[string]*routeMetrics{}}
+	h := &Handler{log: opts.Logger, bodyIdl: opts.BodyIdleTimeout, bodyDir: opts.BodyBufferDir, observer: opts.Observe, routeMet: map[string]*routeMetrics{}}
 	if h.log == nil {
 		h.log = slog.Default()
 	}
@@ -225,7 +230,8 @@ type route struct {
 	inbound  string                 // the inbound secret header, never forwarded
 	rp       *httputil.ReverseProxy // upgrade requests; the rest take forward
 	errLog   *log.Logger
-	observed bool // requests carry an Outcome
+	bodyDir  string // Options.BodyBufferDir
+	observed bool   // requests carry an Outcome
 	met      *routeMetrics
 	log      *slog.Logger
 	tracer   trace.Tracer // nil: not traced
@@ -273,6 +279,7 @@ func (h *Handler) newRoute(r Route, g *guard) (*route, error) {
 		log:     h.log,
 		tracer:  h.tracer,
 		errLog:  h.errLog,
+		bodyDir: h.bodyDir,
 		// observe starts an Outcome exactly then: otherwise nothing looks
 		// for one in the request's context.
 		observed: h.met.observed,
