@@ -12,7 +12,7 @@ import (
 
 // Buffers for replayable bodies come from pools by size class, so that a
 // steady stream of POSTs does not churn the heap.
-var bodyClasses = [...]int{4 << 10, 32 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20}
+var bodyClasses = [...]int{4 << 10, 32 << 10, 64 << 10, spillChunk, 1 << 20, 4 << 20, 16 << 20}
 
 var bodyPools [len(bodyClasses)]sync.Pool
 
@@ -54,7 +54,7 @@ type replay struct {
 	buf   *[]byte
 	file  *os.File // nil: all in buf
 	fsize int64
-	name  string // the file's name while it could not be unlinked; "" once gone
+	files *spillFiles // where file goes back
 	refs  atomic.Int32
 }
 
@@ -62,8 +62,8 @@ type replay struct {
 // replayable body (and GetBody) and bufferBody returns its replay. If not,
 // req gets a body that streams the part read and then the rest, and the
 // replay is nil: that request cannot be retried. Past spillHead bytes the
-// body goes to a temporary file in dir ("": os.TempDir()).
-func bufferBody(req *http.Request, limit int64, dir string) (*replay, error) {
+// body goes to a temporary file of files.
+func bufferBody(req *http.Request, limit int64, files *spillFiles) (*replay, error) {
 	if req.ContentLength > limit {
 		return nil, nil
 	}
@@ -82,7 +82,7 @@ func bufferBody(req *http.Request, limit int64, dir string) (*replay, error) {
 	}
 	rp := &replay{buf: b}
 	if len(*b) == head && head < max { // more may follow
-		if err := rp.spill(req.Body, dir, max-head); err != nil {
+		if err := rp.spill(req.Body, files, max-head); err != nil {
 			rp.free()
 			req.Body.Close()
 			return nil, err
@@ -115,30 +115,30 @@ func bufferBody(req *http.Request, limit int64, dir string) (*replay, error) {
 // file (none can be created, or writing fails: a full disk) the body stays
 // in memory, as it would without spilling. Only a failure reading r, the
 // client's body, is an error.
-func (rp *replay) spill(r io.Reader, dir string, max int) error {
-	f, err := os.CreateTemp(dir, "oauthproxy-body-*")
+func (rp *replay) spill(r io.Reader, files *spillFiles, max int) error {
+	f, err := files.get()
 	if err != nil {
 		rp.buf, err = readUpTo(r, rp.buf, len(*rp.buf)+max)
 		return err
 	}
-	rp.file = f
-	if os.Remove(f.Name()) != nil { // open files cannot be removed everywhere: then at release
-		rp.name = f.Name()
-	}
-	buf := copyBufs.Get().(*[]byte)
-	defer copyBufs.Put(buf)
+	rp.file, rp.files = f, files
+	// Large reads: a socket read and a file write per 256 KiB, not per 32.
+	buf := getBuf(spillChunk)
+	defer putBuf(buf)
+	chunk := (*buf)[:spillChunk]
 	for rp.fsize < int64(max) {
-		nr, rerr := r.Read((*buf)[:min(len(*buf), max-int(rp.fsize))])
+		nr, rerr := r.Read(chunk[:min(len(chunk), max-int(rp.fsize))])
 		if nr > 0 {
-			nw, werr := f.Write((*buf)[:nr])
+			nw, werr := f.WriteAt(chunk[:nr], rp.fsize)
 			rp.fsize += int64(nw)
 			if werr != nil {
 				// Back to memory: what the file holds, the rest of this
 				// read, the rest of the body.
-				all := io.MultiReader(rp.parts(), bytes.NewReader((*buf)[nw:nr]), r)
+				all := io.MultiReader(rp.parts(), bytes.NewReader(chunk[nw:nr]), r)
 				total := len(*rp.buf) + max
 				b, err := readUpTo(all, getBuf(min(total, 2*len(*rp.buf))), total)
-				rp.closeFile()
+				rp.files, rp.file, rp.fsize = nil, nil, 0
+				f.Close() // not reused: it failed
 				putBuf(rp.buf)
 				rp.buf = b
 				return err
@@ -154,6 +154,55 @@ func (rp *replay) spill(r io.Reader, dir string, max int) error {
 	return nil
 }
 
+const spillChunk = 256 << 10
+
+// spillFiles are the temporary files of one directory that replayable
+// bodies spill to. A file is unlinked as soon as it is created, so that
+// nothing is left behind, even by a crash; once a body is done with it, it
+// waits for the next body, whose bytes overwrite the pages the kernel
+// already holds for it: allocating page cache for every upload costs more
+// than the copy itself. At most cap(idle) files wait; more are closed.
+type spillFiles struct {
+	dir  string // "": os.TempDir()
+	idle chan *os.File
+}
+
+func newSpillFiles(dir string) *spillFiles {
+	return &spillFiles{dir: dir, idle: make(chan *os.File, 16)}
+}
+
+func (s *spillFiles) get() (*os.File, error) {
+	select {
+	case f := <-s.idle:
+		return f, nil
+	default:
+	}
+	f, err := os.CreateTemp(s.dir, "oauthproxy-body-*")
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Remove(f.Name()); err != nil {
+		// Open files cannot be removed everywhere (Windows): the body
+		// stays in memory there.
+		f.Close()
+		os.Remove(f.Name())
+		return nil, err
+	}
+	return f, nil
+}
+
+// put takes a file back; size is how much of it the body used.
+func (s *spillFiles) put(f *os.File, size int64) {
+	if size > 4<<20 { // do not keep the pages of an outsized body
+		f.Truncate(0)
+	}
+	select {
+	case s.idle <- f:
+	default:
+		f.Close()
+	}
+}
+
 // size is the number of bytes held.
 func (rp *replay) size() int64 { return int64(len(*rp.buf)) + rp.fsize }
 
@@ -166,13 +215,11 @@ func (rp *replay) parts() io.Reader {
 	return io.MultiReader(head, io.NewSectionReader(rp.file, 0, rp.fsize))
 }
 
+// closeFile gives the file back for the next body.
 func (rp *replay) closeFile() {
 	if rp.file != nil {
-		rp.file.Close()
-		if rp.name != "" {
-			os.Remove(rp.name)
-		}
-		rp.file, rp.fsize, rp.name = nil, 0, ""
+		rp.files.put(rp.file, rp.fsize)
+		rp.file, rp.fsize = nil, 0
 	}
 }
 
@@ -269,6 +316,11 @@ type prefixedBody struct {
 }
 
 func (p *prefixedBody) Close() error {
-	p.once.Do(p.rp.closeFile)
+	// Not back to the pool: the transport may still read the prefix.
+	p.once.Do(func() {
+		if p.rp.file != nil {
+			p.rp.file.Close()
+		}
+	})
 	return p.rest.Close()
 }

@@ -123,7 +123,10 @@ func TestSpilledBodiesKeepHeapFlat(t *testing.T) {
 				t.Errorf("heap grew by %d MiB with %d bodies held, want at most %d", growth, clients, tc.maxGrowM)
 			}
 			if tc.maxGrowM > 0 {
-				waitClosed(t, dir)
+				waitClosed(t, dir, h)
+				if n := len(h.spill.idle); n == 0 || n > cap(h.spill.idle) {
+					t.Errorf("%d files kept for reuse, want 1 to %d", n, cap(h.spill.idle))
+				}
 			}
 		})
 	}
@@ -151,13 +154,14 @@ func TestSpilledBodyOverLimitStreams(t *testing.T) {
 	dir := t.TempDir()
 	rt.Transport = NewTransport(TransportOptions{})
 	rt.Tokens = &fakeTokens{}
-	srv := newTestServer(t, newHandler(t, Options{BodyBufferDir: dir, Logger: slog.New(slog.DiscardHandler)}, Inbound{}, rt))
+	h := newHandler(t, Options{BodyBufferDir: dir, Logger: slog.New(slog.DiscardHandler)}, Inbound{}, rt)
+	srv := newTestServer(t, h)
 	req, _ := http.NewRequest("POST", srv+"/api/x", io.MultiReader(bytes.NewReader(body))) // no length: chunked
 	resp, _ := do(t, req)
 	if resp.StatusCode != 401 || attempts != 1 {
 		t.Errorf("status %d after %d attempts, want the upstream's 401 after 1", resp.StatusCode, attempts)
 	}
-	waitClosed(t, dir)
+	waitClosed(t, dir, h)
 }
 
 func newTestServer(t *testing.T, h http.Handler) string {
@@ -181,13 +185,14 @@ func openIn(t *testing.T, dir string) int {
 	return n
 }
 
-// waitClosed waits for the proxy to close every body file under dir: the
-// transport may close a request's body just after its response is back.
-func waitClosed(t *testing.T, dir string) {
+// waitClosed waits for every body file under dir to be closed or back in
+// h's pool of idle files: the transport may close a request's body just
+// after its response is back.
+func waitClosed(t *testing.T, dir string, h *Handler) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		n := openIn(t, dir)
+		n := openIn(t, dir) - len(h.spill.idle)
 		if n <= 0 {
 			return
 		}

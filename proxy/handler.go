@@ -108,7 +108,7 @@ type Handler struct {
 	bodyIdl  time.Duration
 	observer func(*Outcome)
 	tracer   trace.Tracer // nil: not traced
-	bodyDir  string
+	spill    *spillFiles
 
 	mu       sync.Mutex
 	routeMet map[string]*routeMetrics // by prefix: series outlive tables
@@ -116,7 +116,7 @@ type Handler struct {
 
 // NewHandler returns a Handler with an empty table.
 func NewHandler(opts Options) (*Handler, error) {
-	h := &Handler{log: opts.Logger, bodyIdl: opts.BodyIdleTimeout, bodyDir: opts.BodyBufferDir, observer: opts.Observe, routeMet: map[string]*routeMetrics{}}
+	h := &Handler{log: opts.Logger, bodyIdl: opts.BodyIdleTimeout, spill: newSpillFiles(opts.BodyBufferDir), observer: opts.Observe, routeMet: map[string]*routeMetrics{}}
 	if h.log == nil {
 		h.log = slog.Default()
 	}
@@ -230,8 +230,8 @@ type route struct {
 	inbound  string                 // the inbound secret header, never forwarded
 	rp       *httputil.ReverseProxy // upgrade requests; the rest take forward
 	errLog   *log.Logger
-	bodyDir  string // Options.BodyBufferDir
-	observed bool   // requests carry an Outcome
+	spill    *spillFiles // Options.BodyBufferDir
+	observed bool        // requests carry an Outcome
 	met      *routeMetrics
 	log      *slog.Logger
 	tracer   trace.Tracer // nil: not traced
@@ -279,7 +279,7 @@ func (h *Handler) newRoute(r Route, g *guard) (*route, error) {
 		log:     h.log,
 		tracer:  h.tracer,
 		errLog:  h.errLog,
-		bodyDir: h.bodyDir,
+		spill:   h.spill,
 		// observe starts an Outcome exactly then: otherwise nothing looks
 		// for one in the request's context.
 		observed: h.met.observed,

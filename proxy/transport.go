@@ -87,7 +87,7 @@ func (rt *route) roundTrip(req *http.Request, start time.Time, o *Outcome) (*htt
 	canRetry := len(rt.RetryOn) > 0
 	var body *replay
 	if canRetry && req.Body != nil && req.Body != http.NoBody {
-		if body, err = bufferBody(req, rt.RetryBodyLimit, rt.bodyDir); err != nil {
+		if body, err = bufferBody(req, rt.RetryBodyLimit, rt.spill); err != nil {
 			return rt.answered(req, start, nil, &bodyError{err}, false, "")
 		}
 		canRetry = body != nil
