@@ -13,8 +13,9 @@
 // Scenarios: https-h1 and https-h2 (GET, 64 connections, closed loop: req/s
 // and CPU per request of the proxy process) and rate2000 (GET at a fixed
 // 2,000 requests per second, open loop: p50/p99/p999 from the scheduled
-// send time, over a window in which the upstream's 4 s tokens are renewed
-// twice; plain HTTP, as the shared harness).
+// send time, over a window in which the upstream's 8 s tokens are renewed
+// at half-life, twice or three times; plain HTTP, as the shared harness)
+// and rate2000-steady (the same with a token that outlives the run).
 package main
 
 import (
@@ -51,7 +52,7 @@ const (
 	upTLSAddr = "127.0.0.1:18202"
 	bareAddr  = "127.0.0.1:18203"
 	opAddr    = "127.0.0.1:18204"
-	tokenTTL  = 8 // seconds: renewed at half-life, every 4 s
+	tokenTTL  = 8 // seconds, in rate2000: renewed at half-life, every 4 s
 )
 
 var token = strings.Repeat("t", 800)
@@ -61,15 +62,16 @@ func main() {
 	dir := flag.String("dir", "", "internal: the run's directory (certificates)")
 	h2 := flag.Bool("h2", false, "internal: the upstream offers HTTP/2")
 	upstream := flag.String("upstream", "", "internal: the bare proxy's upstream")
+	ttl := flag.Int("ttl", tokenTTL, "internal: the upstream's token lifetime, seconds")
 	opBin := flag.String("oauthproxy", "", "the oauthproxy binary to measure")
 	rounds := flag.Int("rounds", 3, "interleaved rounds")
 	dur := flag.Duration("d", 5*time.Second, "measured time per run")
-	rateDur := flag.Duration("rate-d", 10*time.Second, "measured time of the fixed-rate runs (two token renewals at 10s)")
-	scen := flag.String("scenarios", "https-h1,https-h2,rate2000", "scenarios")
+	rateDur := flag.Duration("rate-d", 10*time.Second, "measured time of the fixed-rate runs (rate2000: a renewal every 4 s)")
+	scen := flag.String("scenarios", "https-h1,https-h2,rate2000,rate2000-steady", "scenarios")
 	flag.Parse()
 	switch *role {
 	case "upstream":
-		serveUpstream(*dir, *h2)
+		serveUpstream(*dir, *h2, *ttl)
 		return
 	case "bare":
 		serveBare(*dir, *upstream)
@@ -97,7 +99,7 @@ func main() {
 				if err != nil {
 					log.Fatalf("round %d %s %s: %v", r, s, target, err)
 				}
-				fmt.Printf("round %d %-9s %-10s %s\n", r, s, target, x)
+				fmt.Printf("round %d %-15s %-10s %s\n", r, s, target, x)
 				res[s+"/"+target] = append(res[s+"/"+target], x)
 			}
 		}
@@ -126,7 +128,11 @@ func runOne(dir, opBin, scen, target string, dur, rateDur time.Duration) (result
 		upURL = "https://" + upTLSAddr
 	}
 	self, _ := os.Executable()
-	up, err := start(self, "-role", "upstream", "-dir", dir, "-h2="+strconv.FormatBool(scen == "https-h2"))
+	ttl := tokenTTL
+	if scen != "rate2000" {
+		ttl = 86400 // no renewal while measured
+	}
+	up, err := start(self, "-role", "upstream", "-dir", dir, "-h2="+strconv.FormatBool(scen == "https-h2"), "-ttl="+strconv.Itoa(ttl))
 	if err != nil {
 		return result{}, err
 	}
@@ -153,7 +159,7 @@ func runOne(dir, opBin, scen, target string, dur, rateDur time.Duration) (result
 	if err := ready(u, client); err != nil {
 		return result{}, err
 	}
-	if scen == "rate2000" {
+	if strings.HasPrefix(scen, "rate2000") {
 		return openLoop(client, u, 2000, time.Second, rateDur), nil
 	}
 	return closedLoop(client, u, 64, time.Second, dur, proxy.Process.Pid), nil
@@ -331,8 +337,8 @@ func report(scens []string, res map[string][]result) {
 	fmt.Println("\nSUMMARY (median over rounds; ratios are oauthproxy / bare Go proxy of the same round, [min..max])")
 	for _, s := range scens {
 		b, o := res[s+"/bare"], res[s+"/oauthproxy"]
-		if s == "rate2000" {
-			fmt.Printf("%-9s p50 %s  p99 %s  p999 %s   (oauthproxy p99 %v, bare p99 %v)\n", s,
+		if strings.HasPrefix(s, "rate2000") {
+			fmt.Printf("%-15s p50 %s  p99 %s  p999 %s   (oauthproxy p99 %v, bare p99 %v)\n", s,
 				ratio(o, b, func(r result) float64 { return float64(r.p50) }),
 				ratio(o, b, func(r result) float64 { return float64(r.p99) }),
 				ratio(o, b, func(r result) float64 { return float64(r.p999) }),
@@ -340,10 +346,16 @@ func report(scens []string, res map[string][]result) {
 				time.Duration(med(b, func(r result) float64 { return float64(r.p99) })).Round(time.Microsecond))
 			continue
 		}
-		fmt.Printf("%-9s req/s %s  cpu/req %s   (oauthproxy %.0f req/s %.1f us/req, bare %.0f req/s %.1f us/req)\n", s,
+		fmt.Printf("%-15s req/s %s  cpu/req %s   (oauthproxy %.0f req/s %.1f us/req, bare %.0f req/s %.1f us/req)\n", s,
 			ratio(o, b, func(r result) float64 { return r.rps }), ratio(o, b, func(r result) float64 { return r.cpuPerReq }),
 			med(o, func(r result) float64 { return r.rps }), med(o, func(r result) float64 { return r.cpuPerReq }),
 			med(b, func(r result) float64 { return r.rps }), med(b, func(r result) float64 { return r.cpuPerReq }))
+	}
+	if r, s := res["rate2000/oauthproxy"], res["rate2000-steady/oauthproxy"]; len(r) > 0 && len(s) > 0 {
+		fmt.Printf("oauthproxy with token renewals / without: p50 %s  p99 %s  p999 %s\n",
+			ratio(r, s, func(r result) float64 { return float64(r.p50) }),
+			ratio(r, s, func(r result) float64 { return float64(r.p99) }),
+			ratio(r, s, func(r result) float64 { return float64(r.p999) }))
 	}
 }
 
@@ -375,9 +387,9 @@ func med(rs []result, f func(result) float64) float64 {
 
 // serveUpstream answers GET with 200 bytes of JSON, and POST /token with
 // the 800-byte token living tokenTTL seconds, on plain HTTP and on TLS.
-func serveUpstream(dir string, h2 bool) {
+func serveUpstream(dir string, h2 bool, ttl int) {
 	body := []byte(`{"data":"` + strings.Repeat("x", 189) + `"}`)
-	tok := fmt.Sprintf(`{"access_token":%q,"token_type":"Bearer","expires_in":%d}`, token, tokenTTL)
+	tok := fmt.Sprintf(`{"access_token":%q,"token_type":"Bearer","expires_in":%d}`, token, ttl)
 	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == "POST" && r.URL.Path == "/token" {
 			w.Header().Set("Content-Type", "application/json")
