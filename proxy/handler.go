@@ -89,6 +89,10 @@ type Options struct {
 	// long (a trickling client would hold a connection and an upstream
 	// request forever); 0 is none.
 	BodyIdleTimeout time.Duration
+	// BodyBufferDir is where replayable request bodies (up to a route's
+	// RetryBodyLimit) keep what does not fit their 64 KiB in memory, in
+	// files removed as soon as they are created; "" is os.TempDir().
+	BodyBufferDir string
 }
 
 // Handler is the proxy's http.Handler. It lives as long as the process;
@@ -104,6 +108,7 @@ type Handler struct {
 	bodyIdl  time.Duration
 	observer func(*Outcome)
 	tracer   trace.Tracer // nil: not traced
+	spill    *spillFiles
 
 	mu       sync.Mutex
 	routeMet map[string]*routeMetrics // by prefix: series outlive tables
@@ -111,7 +116,7 @@ type Handler struct {
 
 // NewHandler returns a Handler with an empty table.
 func NewHandler(opts Options) (*Handler, error) {
-	h := &Handler{log: opts.Logger, bodyIdl: opts.BodyIdleTimeout, observer: opts.Observe, routeMet: map[string]*routeMetrics{}}
+	h := &Handler{log: opts.Logger, bodyIdl: opts.BodyIdleTimeout, spill: newSpillFiles(opts.BodyBufferDir), observer: opts.Observe, routeMet: map[string]*routeMetrics{}}
 	if h.log == nil {
 		h.log = slog.Default()
 	}
@@ -122,6 +127,7 @@ func NewHandler(opts Options) (*Handler, error) {
 	if h.met, err = newMetrics(opts.Meter); err != nil {
 		return nil, err
 	}
+	h.met.observed = h.observer != nil || h.tracer != nil
 	h.none = h.met.forRoute("none")
 	h.errLog = log.New(&slogWriter{h.log}, "", 0)
 	empty, err := h.NewTable(nil, Inbound{})
@@ -221,8 +227,11 @@ type route struct {
 	cred     atomic.Pointer[credential]
 	set      map[string][]string
 	remove   map[string]bool
-	inbound  string // the inbound secret header, never forwarded
-	rp       *httputil.ReverseProxy
+	inbound  string                 // the inbound secret header, never forwarded
+	rp       *httputil.ReverseProxy // upgrade requests; the rest take forward
+	errLog   *log.Logger
+	spill    *spillFiles // Options.BodyBufferDir
+	observed bool        // requests carry an Outcome
 	met      *routeMetrics
 	log      *slog.Logger
 	tracer   trace.Tracer // nil: not traced
@@ -269,6 +278,11 @@ func (h *Handler) newRoute(r Route, g *guard) (*route, error) {
 		met:     h.routeMetrics(r.Prefix),
 		log:     h.log,
 		tracer:  h.tracer,
+		errLog:  h.errLog,
+		spill:   h.spill,
+		// observe starts an Outcome exactly then: otherwise nothing looks
+		// for one in the request's context.
+		observed: h.met.observed,
 	}
 	rt.host, rt.port = hostPort(r.Upstream)
 	if rt.root == "" {
@@ -386,7 +400,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// one, changing what the upstream said. The upstream's own replaces
 	// this nil entry.
 	w.Header()["Content-Type"] = nil
-	rt.rp.ServeHTTP(w, r)
+	if _, up := r.Header["Upgrade"]; up {
+		rt.rp.ServeHTTP(w, r)
+	} else {
+		rt.forward(w, r, start, o)
+	}
 	rt.met.observe(time.Since(start).Seconds())
 }
 
@@ -410,7 +428,18 @@ func (h *Handler) reject(w http.ResponseWriter, r *http.Request, start time.Time
 // Hop-by-hop headers and Forwarded/X-Forwarded-{For,Host,Proto} are already
 // gone from pr.Out.
 func (rt *route) rewrite(pr *httputil.ProxyRequest) {
-	in, out := pr.In, pr.Out
+	rt.setURL(pr.In, pr.Out)
+	rt.sanitize(pr.Out.Header)
+	if rt.ForwardedHeaders {
+		pr.SetXForwarded()
+	}
+	for k, v := range rt.set {
+		pr.Out.Header[k] = v
+	}
+}
+
+// setURL points the outgoing request at the upstream.
+func (rt *route) setURL(in, out *http.Request) {
 	path, _ := targetPath(in)
 	raw, _ := rt.outPath(path[len(rt.prefix):]) // ServeHTTP checked it
 	out.URL.Scheme, out.URL.Host = rt.Upstream.Scheme, rt.Upstream.Host
@@ -422,14 +451,6 @@ func (rt *route) rewrite(pr *httputil.ProxyRequest) {
 	// passed on byte for byte instead, and the proxy decides nothing on it.
 	out.URL.RawQuery, out.URL.ForceQuery = in.URL.RawQuery, in.URL.ForceQuery
 	out.Host = "" // the upstream's host, from out.URL
-
-	rt.sanitize(out.Header)
-	if rt.ForwardedHeaders {
-		pr.SetXForwarded()
-	}
-	for k, v := range rt.set {
-		out.Header[k] = v
-	}
 }
 
 func (rt *route) modifyResponse(resp *http.Response) error {

@@ -17,6 +17,7 @@ type metrics struct {
 	requests metric.Int64Counter
 	duration metric.Float64Histogram
 	retries  metric.Int64Counter
+	observed bool // the handler's requests carry an Outcome (record)
 }
 
 func newMetrics(m metric.Meter) (*metrics, error) {

@@ -98,6 +98,9 @@ func (h *Handler) done(o *Outcome) {
 // (refused, proxied, failed).
 func record(r *http.Request, met *routeMetrics, status int, code, detail string) {
 	met.count(status)
+	if !met.m.observed {
+		return // no Outcome to look for
+	}
 	if o := outcomeOf(r.Context()); o != nil {
 		o.Status, o.Error, o.Detail = status, code, detail
 	}

@@ -69,9 +69,16 @@ func NewTransport(o TransportOptions) *http.Transport {
 type authTransport struct{ rt *route }
 
 func (t authTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	rt := t.rt
-	start := time.Now()
-	o := outcomeOf(req.Context())
+	var o *Outcome
+	if t.rt.observed {
+		o = outcomeOf(req.Context())
+	}
+	return t.rt.roundTrip(req, time.Now(), o)
+}
+
+// roundTrip is authTransport's RoundTrip for forward, which knows when the
+// request started and its Outcome.
+func (rt *route) roundTrip(req *http.Request, start time.Time, o *Outcome) (*http.Response, error) {
 	tok, err := rt.token(req, o)
 	if err != nil {
 		closeBody(req)
@@ -80,7 +87,7 @@ func (t authTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	canRetry := len(rt.RetryOn) > 0
 	var body *replay
 	if canRetry && req.Body != nil && req.Body != http.NoBody {
-		if body, err = bufferBody(req, rt.RetryBodyLimit); err != nil {
+		if body, err = bufferBody(req, rt.RetryBodyLimit, rt.spill); err != nil {
 			return rt.answered(req, start, nil, &bodyError{err}, false, "")
 		}
 		canRetry = body != nil

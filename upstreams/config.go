@@ -118,7 +118,11 @@ type Server struct {
 	// BodyIdleTimeout cuts a request whose body stops arriving for this
 	// long (default 60s); a slow body that keeps moving is never cut.
 	BodyIdleTimeout time.Duration `yaml:"body_idle_timeout"`
-	Pos             Positions     `yaml:"-"`
+	// BodyBufferDir holds the part past 64 KiB of request bodies kept for
+	// a retry (up to retry_body_limit), in files unlinked at once; "" is
+	// the system's temporary directory ($TMPDIR, /tmp).
+	BodyBufferDir string    `yaml:"body_buffer_dir"`
+	Pos           Positions `yaml:"-"`
 }
 
 // OAuth2 is one named OAuth2 configuration: how to get tokens and how to

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -186,6 +187,11 @@ func (v *validator) server() {
 	}
 	if s.MaxHeaderBytes < 4<<10 || s.MaxHeaderBytes > 1<<20 {
 		v.addAt(at(s.Pos, "max_header_bytes"), "server.max_header_bytes", "%d bytes: want between 4KiB and 1MiB", s.MaxHeaderBytes)
+	}
+	if d := s.BodyBufferDir; d != "" {
+		if fi, err := os.Stat(d); err != nil || !fi.IsDir() {
+			v.addAt(at(s.Pos, "body_buffer_dir"), "server.body_buffer_dir", "%q is not a directory (request bodies kept for a retry go there)", d)
+		}
 	}
 }
 
