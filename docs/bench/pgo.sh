@@ -2,7 +2,7 @@
 # Regenerates cmd/oauthproxy/default.pgo, the CPU profile that profile-guided
 # optimisation builds the binary with (go build uses it by default):
 #
-#   bench/pgo.sh [seconds]          # from the repository root; default 30
+#   docs/bench/pgo.sh [seconds]          # from the repository root; default 30
 #
 # It builds oauthproxy with -tags pprof and without PGO (a profile of a
 # PGO build would mostly confirm itself), runs it as docs/bench.yaml says
@@ -12,7 +12,7 @@
 # shared bench directory beside the repository (SHARED_BENCH to override).
 # Processes it starts are stopped by PID.
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 SECS=${1:-30}
 SB=$(cd "${SHARED_BENCH:-../shared/bench}" && pwd)
 TMP=$(mktemp -d)

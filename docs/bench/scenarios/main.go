@@ -7,7 +7,7 @@
 // floor within a round, as medians over the rounds: the machine is shared.
 //
 //	go build -o /tmp/oauthproxy ./cmd/oauthproxy
-//	go build -o /tmp/scenarios ./bench/scenarios
+//	go build -o /tmp/scenarios ./docs/bench/scenarios
 //	taskset -c 0 /tmp/scenarios -oauthproxy /tmp/oauthproxy -rounds 5
 //
 // Scenarios: https-h1 and https-h2 (GET, 64 connections, closed loop: req/s

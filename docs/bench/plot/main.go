@@ -4,7 +4,7 @@
 // each target. Given several runs (results.jsonl files), a bar is the
 // median of the runs' medians and its whisker their range.
 //
-//	go run ./bench/plot -o docs/benchmarks.png RUN1/results.jsonl RUN2/results.jsonl ...
+//	(cd docs/bench/plot && go run .) -o docs/benchmarks.png RUN1/results.jsonl RUN2/results.jsonl ...
 //
 // It is a module of its own, so that its font does not become a
 // dependency of oauthproxy.
