@@ -146,7 +146,7 @@ var (
 
 // draw2 draws two panels side by side: req/s and CPU per request.
 func draw2(targets []string, rps, cpu map[string][]float64, runs int, scen, base string) image.Image {
-	const w, h = 900, 420
+	const w, h = 1100, 440
 	img := image.NewRGBA(image.Rect(0, 0, w, h))
 	draw.Draw(img, img.Bounds(), &image.Uniform{white}, image.Point{}, draw.Src)
 	text(img, 20, 22, fmt.Sprintf("%s, median of %d run(s), whiskers: range of the runs; x = multiple of %s in the same round", scen, runs, base), black)
@@ -164,7 +164,7 @@ func panel(img *image.RGBA, r image.Rectangle, title string, targets []string, v
 		}
 	}
 	top = float64(int(top*2)+1) / 2 // next 0.5
-	plot := image.Rect(r.Min.X+40, r.Min.Y+30, r.Max.X-10, r.Max.Y-40)
+	plot := image.Rect(r.Min.X+40, r.Min.Y+30, r.Max.X-10, r.Max.Y-50)
 	y := func(v float64) int { return plot.Max.Y - int(v/top*float64(plot.Dy())) }
 	for v := 0.0; v <= top+1e-9; v += 0.5 {
 		line(img, plot.Min.X, y(v), plot.Max.X, y(v), grey)
@@ -182,13 +182,29 @@ func panel(img *image.RGBA, r image.Rectangle, title string, targets []string, v
 		line(img, xm, y(hi), xm, y(lo), black)
 		line(img, xm-4, y(hi), xm+4, y(hi), black)
 		line(img, xm-4, y(lo), xm+4, y(lo), black)
-		text(img, x0, y(m)-4, fmt.Sprintf("%.2f", m), black)
-		label := t
+		label := short(t)
 		if len(label) > slot/7 {
 			label = label[:slot/7]
 		}
-		text(img, plot.Min.X+i*slot+2, plot.Max.Y+16, label, black)
+		text(img, plot.Min.X+i*slot+(slot-7*len(label))/2, plot.Max.Y+16, label, black)
+		v := fmt.Sprintf("%.2fx", m)
+		text(img, plot.Min.X+i*slot+(slot-7*len(v))/2, plot.Max.Y+32, v, black)
 	}
+}
+
+// short names the harness's targets in a bar's width.
+func short(t string) string {
+	switch t {
+	case "nginx-w1":
+		return "nginx"
+	case "goproxy-copy":
+		return "gp copy"
+	case "oauthproxy-before":
+		return "before"
+	case "oauthproxy-nopgo":
+		return "no PGO"
+	}
+	return t
 }
 
 func line(img *image.RGBA, x0, y0, x1, y1 int, c color.RGBA) {
