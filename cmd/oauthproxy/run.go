@@ -132,7 +132,7 @@ func serve(ctx context.Context, cfg *upstreams.Config, log *slog.Logger, scrub *
 	}
 	observe, flushAccess := newAccessLog(opts.logOut, cfg.Log, scrub)
 	defer flushAccess() // after the drain: the last requests' lines too
-	if a.handler, err = proxy.NewHandler(proxy.Options{Logger: log, Meter: a.tel.meter, BodyIdleTimeout: cfg.Server.BodyIdleTimeout,
+	if a.handler, err = proxy.NewHandler(proxy.Options{Logger: log, Meter: a.tel.meter, BodyIdleTimeout: cfg.Server.BodyIdleTimeout, BodyBufferDir: cfg.Server.BodyBufferDir,
 		Observe: observe, TracerProvider: a.tel.tracerProvider()}); err != nil {
 		return fmt.Errorf("metrics: %w", err)
 	}
