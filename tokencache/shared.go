@@ -3,7 +3,6 @@ package tokencache
 import (
 	"context"
 	"errors"
-	"fmt"
 	"time"
 )
 
@@ -158,14 +157,10 @@ func (s *Source) leaseTTL() time.Duration {
 // storeDown turns the Source degraded after a store error and answers as
 // a degraded Source would.
 func (s *Source) storeDown(ctx context.Context, start time.Time, err error) (*Token, error) {
-	s.mu.Lock()
-	was := s.shared.degraded
-	s.shared.degraded = true
-	s.shared.degradedUntil = s.now().Add(rejoinEvery)
-	rec := s.rec
-	s.mu.Unlock()
-	if !was {
-		s.log.Error("the shared token cache cannot be used: serving with this process's own tokens until it can", "error", err)
+	if s.markDegraded(err) {
+		s.mu.Lock()
+		rec := s.rec
+		s.mu.Unlock()
 		if rec.RefreshToken != "" && !s.shared.rotating {
 			// refresh_token_rotation: false: the refresh token may be
 			// used by several replicas; keep using it locally.
@@ -192,7 +187,7 @@ func (s *Source) fetchDegraded(ctx context.Context, start time.Time) (*Token, er
 				Err: errors.New("the shared token cache is unreachable, and renewing would spend a refresh token other replicas may spend too (set refresh_token_rotation: false if the server does not rotate them)")}
 		}
 	}
-	return s.obtainWith(ctx, start, s.local)
+	return s.obtain(ctx, start) // activeStore is the local store while degraded
 }
 
 // probeShared looks at the shared store between renewals, so that an
@@ -206,6 +201,12 @@ func (s *Source) probeShared(ctx context.Context) {
 		s.rejoined()
 		return
 	}
+	s.markDegraded(err)
+}
+
+// markDegraded leaves the shared store alone for rejoinEvery after err,
+// and reports whether this starts the outage (it is logged once).
+func (s *Source) markDegraded(err error) bool {
 	s.mu.Lock()
 	was := s.shared.degraded
 	s.shared.degraded = true
@@ -214,6 +215,7 @@ func (s *Source) probeShared(ctx context.Context) {
 	if !was {
 		s.log.Error("the shared token cache cannot be used: serving with this process's own tokens until it can", "error", err)
 	}
+	return !was
 }
 
 // rejoined is called after the shared store answered again.
@@ -241,7 +243,7 @@ func (s *Source) invalidateShared(token string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	if err := s.shared.store.Invalidate(ctx, s.key, Secret(token)); err != nil {
-		s.log.Warn("dropping the rejected token from the shared cache failed", "error", fmt.Errorf("%w", err))
+		s.log.Warn("dropping the rejected token from the shared cache failed", "error", err)
 	}
 }
 

@@ -377,12 +377,6 @@ func (s *Source) activeStore() Store {
 	return s.store
 }
 
-// obtainWith is obtain for a degraded shared Source (activeStore is then
-// its local store).
-func (s *Source) obtainWith(ctx context.Context, start time.Time, _ Store) (*Token, error) {
-	return s.obtain(ctx, start)
-}
-
 // record returns the stored record, reading the store again so that a
 // refresh token stored by another process (`oauthproxy login`) is seen.
 func (s *Source) record(ctx context.Context) (Record, error) {
